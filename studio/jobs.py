@@ -1,0 +1,191 @@
+"""Jobs: a request dataclass in, a generator of events out (Step ..., Result). Used by the UI and the CLI alike."""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from studio import metadata
+from studio.config import DEFAULT_MODEL, Limits
+from studio.errors import RequestError
+from studio.events import Notice, Result, Step
+from studio.manager import LoadedModel, ModelManager
+from studio.sampling import previews
+from studio.sampling.loop import Conditioning, Hooks, denoise, step_kwargs
+from studio.sampling.schedulers import get_sampler, make_scheduler
+
+MAX_SEED = 2**32 - 1
+SIZE_MULTIPLE = 8
+
+
+@dataclass
+class Txt2ImgRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = DEFAULT_MODEL
+    sampler: str = "Euler"
+    steps: int = 25
+    guidance_scale: float = 7.0
+    guidance_rescale: float = 0.0
+    seed: int = -1  # -1: random; image k of a batch uses seed + k
+    width: int = 0  # 0: the model's native size
+    height: int = 0
+    batch_size: int = 1
+    preview_every: int = 1  # 0: no previews
+    eta: float = 0.0
+    save: bool = True
+
+
+def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[str]]:
+    """Refuse what cannot run; round what can (saying so). Returns the request to run and the notices."""
+    notices: list[str] = []
+    get_sampler(req.sampler)
+    if not 1 <= req.steps <= limits.max_steps:
+        raise RequestError(f"Steps must be between 1 and {limits.max_steps} (got {req.steps}).")
+    if not 1 <= req.batch_size <= limits.max_batch:
+        raise RequestError(f"Batch size must be between 1 and {limits.max_batch} (got {req.batch_size}).")
+    if not 0 <= req.guidance_scale <= limits.max_guidance:
+        raise RequestError(f"Guidance scale must be between 0 and {limits.max_guidance} (got {req.guidance_scale}).")
+    if not 0 <= req.guidance_rescale <= 1:
+        raise RequestError(f"Guidance rescale must be between 0 and 1 (got {req.guidance_rescale}).")
+    if req.preview_every < 0:
+        raise RequestError(f"Preview every N steps must be 0 (off) or more (got {req.preview_every}).")
+    if not -1 <= req.seed <= MAX_SEED:
+        raise RequestError(f"Seed must be -1 (random) or between 0 and {MAX_SEED} (got {req.seed}).")
+    sides = {}
+    for name in ("width", "height"):
+        value = int(getattr(req, name))
+        if value == 0:
+            sides[name] = 0
+            continue
+        if not limits.min_side <= value <= limits.max_side:
+            raise RequestError(f"{name.capitalize()} must be between {limits.min_side} and {limits.max_side} pixels (got {value}).")
+        rounded = max(SIZE_MULTIPLE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        if rounded != value:
+            notices.append(f"{name.capitalize()} {value} is not a multiple of {SIZE_MULTIPLE}; rounded to {rounded}.")
+        sides[name] = rounded
+    return replace(req, **sides), notices
+
+
+def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
+    """Text conditioning through the pipeline's own encoder code, so every model family encodes as diffusers does."""
+    pipe, device = model.pipe, model.pipe._execution_device
+    if model.is_xl:
+        pe, npe, pooled, npooled = pipe.encode_prompt(
+            prompt=prompt, device=device, num_images_per_prompt=batch, do_classifier_free_guidance=do_cfg,
+            negative_prompt=negative or None,
+        )
+        time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=pe.dtype,
+                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        time_ids = time_ids.to(device).repeat(batch, 1)
+        return Conditioning(pe, npe, {"text_embeds": pooled, "time_ids": time_ids},
+                            {"text_embeds": npooled, "time_ids": time_ids} if do_cfg else None)
+    pe, npe = pipe.encode_prompt(prompt, device, batch, do_cfg, negative_prompt=negative or None)
+    return Conditioning(pe, npe)
+
+
+def unet_fn(unet):
+    """Adapt a diffusers UNet to the loop's model contract."""
+
+    def model(x, t, embeds, added, control):
+        return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **control)[0]
+
+    return model
+
+
+def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
+    """Final latents -> images in [-1, 1]; upcasts VAEs that overflow in fp16 (SDXL's) as diffusers does."""
+    vae = model.pipe.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
+        try:
+            return previews.vae_decode(vae, latents.float())
+        finally:
+            vae.to(torch.float16)
+    return previews.vae_decode(vae, latents)
+
+
+def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notice | Result]:
+    """Text to image through the one loop; yields Notice(s), a Step per denoising step, then the Result."""
+    # 1. Check inputs.
+    req, notices = validate(req, manager.config.limits)
+    for text in notices:
+        yield Notice(text)
+    with manager.session():
+        # 2. The model.
+        model = manager.get(req.model)
+        pipe = model.pipe
+        device = pipe._execution_device
+        width = req.width or model.default_size
+        height = req.height or model.default_size
+        seed = random.randint(0, MAX_SEED) if req.seed == -1 else req.seed
+        seeds = [(seed + k) % (MAX_SEED + 1) for k in range(req.batch_size)]
+        do_cfg = req.guidance_scale > 1.0
+        with torch.no_grad():
+            # 3. Encode the prompt.
+            cond = encode_prompt(model, req.prompt, req.negative_prompt, req.batch_size, do_cfg, (height, width))
+            # 4. Timesteps of the chosen sampler.
+            scheduler, space = make_scheduler(req.sampler, dict(pipe.scheduler.config))
+            scheduler.set_timesteps(req.steps, device=device)
+            # 5. Initial noise, one CPU generator per image so a seed gives the same image on any device.
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            shape = (req.batch_size, pipe.unet.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
+            latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
+        # 6. Denoise, streaming x0-hat previews.
+        every = req.preview_every
+        family = model.family
+        t0 = time.perf_counter()
+        for state in denoise(
+            unet_fn(pipe.unet), scheduler, space, latents, cond, req.guidance_scale,
+            guidance_rescale=req.guidance_rescale,
+            extra_step_kwargs=step_kwargs(scheduler, generators, req.eta),
+            hooks=Hooks(),
+            want_x0=lambda i: every > 0 and (i % every == 0) and i < len(scheduler.timesteps),
+            should_stop=manager.should_stop,
+        ):
+            latents = state.next_latents
+            preview = previews.preview(state.x0_hat, pipe.vae, family) if state.x0_hat is not None else None
+            elapsed = time.perf_counter() - t0
+            yield Step(state.i, state.n, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed})
+        # 7. Decode, save with settings, report.
+        images = decode(model, latents)
+    pixels = ((images.detach().float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
+    pil = previews.to_pil(images)
+    infotexts, paths = [], []
+    for image, s in zip(pil, seeds):
+        params = metadata.GenerationParams(
+            prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
+            cfg_scale=req.guidance_scale, seed=s, width=width, height=height, model=model.name,
+            model_hash=model.model_hash, extra=_extras(req),
+        )
+        infotexts.append(metadata.format_parameters(params))
+        if req.save:
+            paths.append(metadata.save_png(image, params, manager.config.outputs_dir))
+    elapsed = time.perf_counter() - t0
+    yield Result(pil, infotexts, paths, seeds, {"seconds": elapsed, "pixels": pixels})
+
+
+def _extras(req: Txt2ImgRequest) -> dict[str, str]:
+    extra = {}
+    if req.guidance_rescale > 0:
+        extra["CFG rescale"] = f"{req.guidance_rescale:g}"
+    if req.eta and req.sampler in ("DDIM",):
+        extra["Eta"] = f"{req.eta:g}"
+    extra["Version"] = "diffusion-studio"
+    return extra
+
+
+def params_to_request(params: metadata.GenerationParams) -> Txt2ImgRequest:
+    """A request that reproduces a saved image (from its PNG settings)."""
+    rescale = float(params.extra.get("CFG rescale", 0) or 0)
+    return Txt2ImgRequest(
+        prompt=params.prompt, negative_prompt=params.negative_prompt, model=params.model or DEFAULT_MODEL,
+        sampler=params.sampler, steps=params.steps, guidance_scale=params.cfg_scale, guidance_rescale=rescale,
+        seed=params.seed, width=params.width, height=params.height, eta=float(params.extra.get("Eta", 0) or 0),
+    )
+
+

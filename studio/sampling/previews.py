@@ -1,0 +1,66 @@
+"""x0-hat -> RGB previews while sampling: a full VAE decode for small models, a linear latent->RGB map for SD latents."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Published linear latent->RGB approximations (as in ComfyUI's latent previews): rows are latent channels.
+# They act on latents in the UNet's (scaled) space.
+LATENT_RGB_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
+    "sd1": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
+            [0.0, 0.0, 0.0]),
+    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+             [0.1084, -0.0175, -0.0011]),
+}
+# Latents this small decode through the VAE in about the time of one step: previews are then exact.
+VAE_PREVIEW_MAX_LATENT_PIXELS = 32 * 32
+
+
+def latent_family(vae_config: dict, unet_config: dict) -> str | None:
+    """Which published factor set fits a model, or None (then previews use the VAE)."""
+    if vae_config.get("latent_channels") != 4:
+        return None
+    if unet_config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if vae_config.get("block_out_channels") == [128, 256, 512, 512]:
+        return "sd1"  # SD 1.x and 2.x share the VAE
+    return None
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) in [-1, 1] -> PIL images."""
+    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def linear_preview(latents: torch.Tensor, family: str) -> list[Image.Image]:
+    factors, bias = LATENT_RGB_FACTORS[family]
+    w = torch.tensor(factors, dtype=torch.float32, device=latents.device)
+    b = torch.tensor(bias, dtype=torch.float32, device=latents.device)
+    rgb = torch.einsum("nchw,cr->nrhw", latents.float(), w) + b.view(1, 3, 1, 1)
+    return to_pil(rgb)
+
+
+@torch.no_grad()
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """UNet-space latents -> image tensor in [-1, 1] (N, 3, H, W)."""
+    z = latents.to(vae.dtype) / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        z = z + shift
+    return vae.decode(z, return_dict=False)[0]
+
+
+def preview(latents: torch.Tensor, vae, family: str | None) -> list[Image.Image]:
+    """Cheap when it can be: the linear map for big SD latents, else the VAE."""
+    small = latents.shape[-2] * latents.shape[-1] <= VAE_PREVIEW_MAX_LATENT_PIXELS
+    if family in LATENT_RGB_FACTORS and not small:
+        images = linear_preview(latents, family)
+        scale = 8  # SD latents are 1/8 of the image: upscale for a viewable preview
+        return [im.resize((im.width * scale, im.height * scale), Image.Resampling.BILINEAR) for im in images]
+    return to_pil(vae_decode(vae, latents))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
