@@ -27,7 +27,7 @@ class Txt2ImgRequest:
     prompt: str = ""
     negative_prompt: str = ""
     model: str = DEFAULT_MODEL
-    sampler: str = "Euler"
+    sampler: str = "DPM++ 2M"
     steps: int = 25
     guidance_scale: float = 7.0
     guidance_rescale: float = 0.0
@@ -137,7 +137,7 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
             latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
         # 6. Denoise, streaming x0-hat previews.
         every = req.preview_every
-        family = model.family
+        factors = model.latent_rgb
         t0 = time.perf_counter()
         for state in denoise(
             unet_fn(pipe.unet), scheduler, space, latents, cond, req.guidance_scale,
@@ -148,7 +148,7 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
             should_stop=manager.should_stop,
         ):
             latents = state.next_latents
-            preview = previews.preview(state.x0_hat, pipe.vae, family) if state.x0_hat is not None else None
+            preview = previews.preview(state.x0_hat, pipe.vae, factors, model.vae_scale_factor) if state.x0_hat is not None else None
             elapsed = time.perf_counter() - t0
             yield Step(state.i, state.n, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed})
         # 7. Decode, save with settings, report.

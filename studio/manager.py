@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from studio import sources
 from studio.config import StudioConfig
 from studio.errors import ModelError, StudioError
-from studio.sampling.previews import latent_family
+from studio.sampling.previews import LATENT_RGB_FACTORS, LATENT_RGB_FILE, latent_family
 
 
 @dataclass
@@ -39,6 +40,15 @@ class LoadedModel:
     def family(self) -> str | None:
         return latent_family(dict(self.pipe.vae.config), dict(self.pipe.unet.config))
 
+    @cached_property
+    def latent_rgb(self) -> tuple[list[list[float]], list[float]] | None:
+        """Linear latent->RGB preview factors: the model's own (vae/latent_rgb.json), else the published ones of its family."""
+        own = Path(self.source.location) / "vae" / LATENT_RGB_FILE
+        if own.is_file():
+            data = json.loads(own.read_text())
+            return data["factors"], data["bias"]
+        return LATENT_RGB_FACTORS.get(self.family or "")
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
@@ -46,6 +56,21 @@ class LoadedModel:
     @property
     def default_size(self) -> int:
         return self.pipe.unet.config.sample_size * self.vae_scale_factor
+
+
+CONFIG_SUFFIX = ".config"  # `model.safetensors` + `model.config`: a text file naming a diffusers folder for its configs
+
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    """Tensor names of a single-file checkpoint (safetensors header, or a trusted pickle when allowed)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    return list(load_single_file_checkpoint(str(path)))
 
 
 def _module_bytes(pipe: DiffusionPipeline) -> int:
@@ -59,12 +84,20 @@ def _module_bytes(pipe: DiffusionPipeline) -> int:
 def _weights_hash(source: sources.ModelSource) -> str:
     """A short, cheap fingerprint: sha256 of the UNet's (or checkpoint's) safetensors header, which lists every tensor."""
     location = Path(source.location)
-    files = [location] if location.is_file() else sorted(location.glob("unet/*.safetensors"))
+    if location.is_file():
+        files = [location]
+    else:  # pickle weights (allowed with --allow-pickle) when the UNet has no safetensors
+        files = sorted(location.glob("unet/*.safetensors")) or sorted(
+            p for p in location.glob("unet/*") if p.suffix in sources.PICKLE_SUFFIXES
+        )
     digest = hashlib.sha256()
     for f in files:
         with open(f, "rb") as raw:
-            n = int.from_bytes(raw.read(8), "little")
-            digest.update(raw.read(min(n, 10_000_000)))
+            if f.suffix == ".safetensors":
+                n = int.from_bytes(raw.read(8), "little")
+                digest.update(raw.read(min(n, 10_000_000)))
+            else:  # no header listing the tensors: the first MiB stands in for it
+                digest.update(raw.read(2**20))
         digest.update(str(f.stat().st_size).encode())
     return digest.hexdigest()[:10] if files else ""
 
@@ -109,7 +142,7 @@ class ModelManager:
             return model
 
     def _load(self, source: sources.ModelSource) -> DiffusionPipeline:
-        kwargs = {"torch_dtype": self.config.dtype}
+        kwargs = {"dtype": self.config.dtype}
         try:
             if source.kind == "single_file":
                 pipe = self._load_single_file(Path(source.location), kwargs)
@@ -144,19 +177,51 @@ class ModelManager:
         )
 
     def _load_single_file(self, path: Path, kwargs: dict) -> DiffusionPipeline:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            is_xl = any(k.startswith("conditioner.embedders.1") for k in f.keys())
+        is_xl = any(k.startswith("conditioner.embedders.1") for k in _checkpoint_keys(path))
         cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
+        config_dir = self._single_file_config(path)
+        if config_dir is not None:
+            # Component configs and the tokenizer come from this local folder: no hub access needed.
+            kwargs = {**kwargs, "config": str(config_dir)}
+            index = json.loads((config_dir / "model_index.json").read_text())
+            if "safety_checker" in index:
+                kwargs.update(safety_checker=None, requires_safety_checker=False)
         try:
             return cls.from_single_file(str(path), local_files_only=not self.config.online, **kwargs)
         except Exception as e:  # noqa: BLE001
+            if config_dir is not None:
+                raise ModelError(
+                    f"Could not load the single-file checkpoint {path.name} with the configs of {config_dir}: "
+                    f"{type(e).__name__}: {e}. Check that {path.with_suffix(CONFIG_SUFFIX).name} names a diffusers "
+                    "folder of the same architecture (SD 1.x, 2.x or XL) as the checkpoint."
+                ) from e
             raise ModelError(
-                f"Could not load the single-file checkpoint {path.name}: {e}. Offline, diffusers needs the matching "
-                "model configs in the local Hugging Face cache; alternatively convert it once to a diffusers folder "
+                f"Could not load the single-file checkpoint {path.name}: {type(e).__name__}: {e}. Offline, diffusers "
+                "needs the matching model configs: put a text file "
+                f"{path.with_suffix(CONFIG_SUFFIX).name} next to it naming a diffusers folder of the same "
+                "architecture (a listed model or a path), or convert the checkpoint once to a diffusers folder "
                 "and put that in the models folder."
             ) from e
+
+    def _single_file_config(self, path: Path) -> Path | None:
+        """The local diffusers folder named by `<checkpoint>.config` (a model name or a path), if there is one."""
+        sidecar = path.with_suffix(CONFIG_SUFFIX)
+        if not sidecar.is_file():
+            return None
+        lines = [line.strip() for line in sidecar.read_text().splitlines() if line.strip()]
+        spec = lines[0] if lines else ""
+        if spec and not Path(spec).expanduser().is_absolute() and (path.parent / spec).is_dir():
+            spec = str(path.parent / spec)  # relative to the checkpoint's folder
+        try:
+            source = sources.resolve(spec, self.config)
+        except ModelError as e:
+            raise ModelError(f"{sidecar.name} should name a local diffusers folder to take configs from: {e}") from e
+        if source.kind != "folder":
+            raise ModelError(
+                f"{sidecar.name} names {spec!r}, which is not a diffusers folder; it should name a folder with "
+                "model_index.json (configs and tokenizer of the same architecture as the checkpoint)."
+            )
+        return Path(source.location)
 
     def _evict(self, key: str) -> None:
         model = self._loaded.pop(key)

@@ -71,14 +71,17 @@ def resolve(spec: str, config: StudioConfig) -> ModelSource:
     spec = (spec or "").strip()
     if not spec:
         raise ModelError("No model chosen. Pick one from the list, or type a diffusers folder, a .safetensors file or a hub id.")
-    # 1. A name in the embedded suite or the models folder.
-    for base, embedded in ((config.assets_dir, True), (config.models_dir, False)):
+    # 1. A name in the embedded suite or the models folder. Only a plain relative name: joining an absolute path
+    # (or one with ~ or ..) to a base folder would yield that path itself, marked embedded.
+    as_path = Path(spec)
+    is_name = not as_path.is_absolute() and not spec.startswith("~") and ".." not in as_path.parts
+    for base, embedded in ((config.assets_dir, True), (config.models_dir, False)) if is_name else ():
         candidate = Path(base) / spec
         if candidate.is_dir():
             check_folder(candidate, config.allow_pickle)
             return ModelSource(spec, "folder", str(candidate), embedded)
         if candidate.is_file():
-            return _file_source(spec, candidate, config)
+            return _file_source(spec, candidate, config, embedded)
     # 2. A path on disk.
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -99,7 +102,7 @@ def resolve(spec: str, config: StudioConfig) -> ModelSource:
     return ModelSource(spec, "hub", spec)
 
 
-def _file_source(spec: str, path: Path, config: StudioConfig) -> ModelSource:
+def _file_source(spec: str, path: Path, config: StudioConfig, embedded: bool = False) -> ModelSource:
     if path.suffix == ".safetensors":
         check_safetensors(path)
     elif path.suffix in PICKLE_SUFFIXES:
@@ -110,7 +113,7 @@ def _file_source(spec: str, path: Path, config: StudioConfig) -> ModelSource:
             )
     else:
         raise ModelError(f"{path} is not a model file: expected a diffusers folder or a .safetensors checkpoint.")
-    return ModelSource(spec, "single_file", str(path.resolve()))
+    return ModelSource(spec, "single_file", str(path.resolve()), embedded)
 
 
 def list_models(config: StudioConfig) -> list[str]:

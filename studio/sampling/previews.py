@@ -13,8 +13,17 @@ LATENT_RGB_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
     "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
              [0.1084, -0.0175, -0.0011]),
 }
-# Latents this small decode through the VAE in about the time of one step: previews are then exact.
-VAE_PREVIEW_MAX_LATENT_PIXELS = 32 * 32
+LATENT_RGB_FILE = "latent_rgb.json"  # optional, beside a VAE's config: {"factors": [[r, g, b] per channel], "bias": [r, g, b]}
+
+
+def fit_latent_rgb(latents: torch.Tensor, images: torch.Tensor) -> tuple[list[list[float]], list[float]]:
+    """Least-squares linear map from UNet-space latents (N, C, h, w) to images (N, 3, H, W) in [-1, 1] at latent size."""
+    small = torch.nn.functional.interpolate(images.float(), size=latents.shape[-2:], mode="area")
+    x = latents.float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    y = small.permute(0, 2, 3, 1).reshape(-1, 3)
+    w = torch.linalg.lstsq(x, y).solution
+    return w[:-1].tolist(), w[-1].tolist()
 
 
 def latent_family(vae_config: dict, unet_config: dict) -> str | None:
@@ -34,8 +43,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
 
 
-def linear_preview(latents: torch.Tensor, family: str) -> list[Image.Image]:
-    factors, bias = LATENT_RGB_FACTORS[family]
+def linear_preview(latents: torch.Tensor, factors: list[list[float]], bias: list[float]) -> list[Image.Image]:
     w = torch.tensor(factors, dtype=torch.float32, device=latents.device)
     b = torch.tensor(bias, dtype=torch.float32, device=latents.device)
     rgb = torch.einsum("nchw,cr->nrhw", latents.float(), w) + b.view(1, 3, 1, 1)
@@ -52,12 +60,12 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(z, return_dict=False)[0]
 
 
-def preview(latents: torch.Tensor, vae, family: str | None) -> list[Image.Image]:
-    """Cheap when it can be: the linear map for big SD latents, else the VAE."""
-    small = latents.shape[-2] * latents.shape[-1] <= VAE_PREVIEW_MAX_LATENT_PIXELS
-    if family in LATENT_RGB_FACTORS and not small:
-        images = linear_preview(latents, family)
-        scale = 8  # SD latents are 1/8 of the image: upscale for a viewable preview
+def preview(latents: torch.Tensor, vae, factors: tuple[list[list[float]], list[float]] | None, scale: int) -> list[Image.Image]:
+    """Cheap when it can be: a linear latent->RGB map (costless per step), else a VAE decode.
+
+    `scale` is the VAE's downsampling factor: linear previews are upscaled by it to the image's size."""
+    if factors is not None:
+        images = linear_preview(latents, *factors)
         return [im.resize((im.width * scale, im.height * scale), Image.Resampling.BILINEAR) for im in images]
     return to_pil(vae_decode(vae, latents))
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
+from studio.sampling import previews
 from studio.shapes import evaluator as ev
 from studio.shapes import models, scenes
 
@@ -230,11 +231,22 @@ def export_suite(out: Path, tokenizer, folder: Path) -> StableDiffusionPipeline:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    write_latent_rgb(pipe.vae, Path(folder))
     if (out / "evaluator" / "model.safetensors").exists():
         ev.save(ev.load(out / "evaluator"), folder / "evaluator",
                 json.loads((out / "evaluator" / "metrics.json").read_text()))
     print(f"exported suite to {folder}", flush=True)
     return pipe
+
+
+@torch.no_grad()
+def write_latent_rgb(vae: AutoencoderKL, folder: Path, n: int = 512) -> None:
+    """Fit the linear latent->RGB map that makes live previews costless, and store it beside the VAE."""
+    images, _, _ = scenes.render_batch(12_345, n)
+    x = ev.images_to_tensor(images, vae.device)
+    z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    factors, bias = previews.fit_latent_rgb(z.cpu(), x.cpu())
+    (folder / "vae" / previews.LATENT_RGB_FILE).write_text(json.dumps({"factors": factors, "bias": bias}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,25 @@
+"""The web page: one gr.Blocks with a tab per module, all sharing the Studio (and so one model manager)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.studio import Studio
+from studio.ui import generate
+from studio.ui.common import CSS
+
+TITLE = "Diffusion Studio"
+
+
+def build(studio: Studio) -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"## {TITLE}\nDevice: `{studio.config.device}` · dtype: `{str(studio.config.dtype).removeprefix('torch.')}` · "
+                    f"outputs: `{studio.config.outputs_dir}`")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                generate.build(studio)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """App-level look, passed to launch() (Gradio 6)."""
+    return {"css": CSS, "theme": gr.themes.Soft()}
