@@ -108,3 +108,22 @@ def test_bad_model_path_is_a_message_and_the_app_keeps_serving(app_url, page):
     page.fill("#prompt-box textarea", "two blue squares")
     page.click("#generate-btn")
     page.get_by_text("Done:").wait_for(timeout=90_000)
+
+
+def test_load_settings_from_a_saved_png_fills_the_form(app_url, page, tmp_path):
+    from PIL import Image
+
+    from studio import metadata
+
+    url, _ = app_url
+    params = metadata.GenerationParams(prompt="three small pink stars", negative_prompt="blurry", steps=17,
+                                       sampler="Euler a", cfg_scale=6.5, seed=4242, width=64, height=64, model="shapes-v1")
+    png = metadata.save_png(Image.new("RGB", (64, 64), "gray"), params, tmp_path)
+    page.goto(url)
+    page.get_by_text("Load settings from image").click()
+    page.locator("#settings-png input[type=file]").set_input_files(str(png))
+    page.get_by_text("Settings loaded (seed 4242)").wait_for(timeout=20_000)
+    assert page.input_value("#prompt-box textarea") == "three small pink stars"
+    assert page.input_value("#negative-box textarea") == "blurry"
+    assert page.input_value("#seed-box input") == "4242"
+    assert page.input_value("#steps-slider input[type=number]") == "17"
