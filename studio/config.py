@@ -38,6 +38,7 @@ class StudioConfig:
     allow_pickle: bool = False
     online: bool = False
     memory_budget_gb: float | None = None  # None: 80% of the GPU, or 8 GiB on the CPU
+    clip_model: Path | None = None  # a local CLIP folder (transformers CLIPModel) for text guidance of real models
     limits: Limits = field(default_factory=Limits)
 
 
@@ -78,6 +79,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", action="store_true", help="keep weights on the CPU and move each part to the GPU when used")
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (pickle can run code: trusted files only)")
     p.add_argument("--online", action="store_true", help="allow downloading hub ids (off by default)")
+    p.add_argument("--clip-model", type=Path, default=None, help="local CLIP folder (e.g. openai/clip-vit-base-patch32) for text guidance")
     p.add_argument("--memory-budget-gb", type=float, default=None, help="memory for loaded models before the least recently used is freed")
 
 
@@ -92,4 +94,5 @@ def config_from_args(args: argparse.Namespace) -> StudioConfig:
         allow_pickle=args.allow_pickle,
         online=args.online or hub_online(),
         memory_budget_gb=args.memory_budget_gb,
+        clip_model=args.clip_model,
     )

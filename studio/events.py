@@ -1,4 +1,4 @@
-"""The records every job yields: Step while it runs, Result when it ends, Notice for things the user should know."""
+"""The records jobs yield: Step while running, Result at the end, Notice for the user; Cell and SweepSummary for sweeps."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,3 +33,24 @@ class Result:
     paths: list[Path] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Cell:
+    """One finished image of a sweep grid: row `row`, column `col` (0-based), its labels, seed and saved path."""
+
+    row: int
+    col: int
+    image: Image.Image
+    row_label: str
+    col_label: str
+    seed: int
+    path: Path | None = None
+
+
+@dataclass
+class SweepSummary:
+    """A sweep's end: per column {"scale", "adherence", "diversity"} (None without an evaluator) and the wall time."""
+
+    columns: list[dict] = field(default_factory=list)
+    seconds: float = 0.0

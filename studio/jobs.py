@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -14,7 +14,7 @@ from studio.config import DEFAULT_MODEL, Limits
 from studio.errors import RequestError
 from studio.events import Notice, Result, Step
 from studio.manager import LoadedModel, ModelManager
-from studio.sampling import previews
+from studio.sampling import guidance, previews
 from studio.sampling.loop import Conditioning, Hooks, denoise, step_kwargs
 from studio.sampling.schedulers import get_sampler, make_scheduler
 
@@ -37,6 +37,11 @@ class Txt2ImgRequest:
     batch_size: int = 1
     preview_every: int = 1  # 0: no previews
     eta: float = 0.0
+    cfg_start: float = 0.0  # CFG only on this fraction of the run (guidance interval); elsewhere the prompt alone
+    cfg_end: float = 1.0
+    classifier_scale: float = 0.0  # classifier guidance (models with a noise-aware classifier: the embedded suite)
+    classifier_target: str = ""  # what to steer toward, e.g. "red star" or "person"; empty: the prompt's attributes
+    text_guidance_scale: float = 0.0  # text guidance: CLIP, or the suite's evaluator, on the decoded x0-hat
     save: bool = True
 
 
@@ -52,6 +57,11 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
         raise RequestError(f"Guidance scale must be between 0 and {limits.max_guidance} (got {req.guidance_scale}).")
     if not 0 <= req.guidance_rescale <= 1:
         raise RequestError(f"Guidance rescale must be between 0 and 1 (got {req.guidance_rescale}).")
+    if not 0 <= req.cfg_start < req.cfg_end <= 1:
+        raise RequestError(f"The CFG interval must satisfy 0 <= start < end <= 1 (got {req.cfg_start}-{req.cfg_end}).")
+    for name, value in (("Classifier guidance scale", req.classifier_scale), ("Text guidance scale", req.text_guidance_scale)):
+        if not 0 <= value <= limits.max_guidance:
+            raise RequestError(f"{name} must be between 0 and {limits.max_guidance} (got {value}).")
     if req.preview_every < 0:
         raise RequestError(f"Preview every N steps must be 0 (off) or more (got {req.preview_every}).")
     if not -1 <= req.seed <= MAX_SEED:
@@ -95,6 +105,52 @@ def unet_fn(unet):
         return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **control)[0]
 
     return model
+
+
+def text_judge(model: LoadedModel, req: Txt2ImgRequest, clip) -> Callable:
+    """The suite's evaluator for the embedded suite; CLIP (--clip-model) for other models; else a clear error."""
+    if model.evaluator is not None:
+        return guidance.evaluator_judge(model.evaluator, _attribute_targets(req.prompt, "text guidance"))
+    if clip is not None:
+        return guidance.clip_judge(*clip, req.prompt)
+    raise RequestError(f"Text guidance is off for {model.name}: it needs a local CLIP model. Start the studio with "
+                       "--clip-model <folder of a CLIP model, e.g. openai/clip-vit-base-patch32>.")
+
+
+def guidance_hooks(model: LoadedModel, req: Txt2ImgRequest, scheduler, space: str, clip=None) -> Hooks:
+    """The loop's guidance hook for the request's classifier and text guidance (none when both scales are 0)."""
+    steps = []
+    if req.classifier_scale > 0:
+        if model.noisy_classifier is None:
+            raise RequestError(f"Classifier guidance needs a noise-aware classifier (a noisy_classifier/ folder in the "
+                               f"model); {model.name} has none. The embedded suite shapes-v1 has one.")
+        targets = _attribute_targets(req.classifier_target or req.prompt, "classifier guidance")
+        steps.append(guidance.GradientGuidance(guidance.classifier_log_prob(model.noisy_classifier, targets),
+                                               req.classifier_scale, scheduler, space))
+    if req.text_guidance_scale > 0:
+        steps.append(guidance.GradientGuidance(
+            guidance.x0_judge_log_prob(lambda z: previews.vae_decode_grad(model.pipe.vae, z), text_judge(model, req, clip)),
+            req.text_guidance_scale, scheduler, space))
+    return Hooks(guidance=_chain(steps) if steps else None)
+
+
+def _attribute_targets(text: str, what: str) -> dict[str, int]:
+    from studio.shapes.scenes import parse_prompt
+
+    targets = {k: v for k, v in parse_prompt(text).items() if v >= 0}
+    if not targets:
+        raise RequestError(f"{what.capitalize()} needs a target it knows: name a shape, colour or a person "
+                           f"(e.g. 'red star', 'two blue squares', 'a person waving'); got {text!r}.")
+    return targets
+
+
+def _chain(steps):
+    def hook(state):
+        for step in steps:
+            state.model_output = step(state)
+        return state.model_output
+
+    return hook
 
 
 def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
@@ -143,14 +199,15 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
             unet_fn(pipe.unet), scheduler, space, latents, cond, req.guidance_scale,
             guidance_rescale=req.guidance_rescale,
             extra_step_kwargs=step_kwargs(scheduler, generators, req.eta),
-            hooks=Hooks(),
+            hooks=guidance_hooks(model, req, scheduler, space, manager.clip() if req.text_guidance_scale > 0 else None),
+            cfg_interval=(req.cfg_start, req.cfg_end),
             want_x0=lambda i: every > 0 and (i % every == 0) and i < len(scheduler.timesteps),
             should_stop=manager.should_stop,
         ):
             latents = state.next_latents
             preview = previews.preview(state.x0_hat, pipe.vae, factors, model.vae_scale_factor) if state.x0_hat is not None else None
             elapsed = time.perf_counter() - t0
-            yield Step(state.i, state.n, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed})
+            yield Step(state.i, state.n, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics})
         # 7. Decode, save with settings, report.
         images = decode(model, latents)
     pixels = ((images.detach().float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
@@ -175,6 +232,14 @@ def _extras(req: Txt2ImgRequest) -> dict[str, str]:
         extra["CFG rescale"] = f"{req.guidance_rescale:g}"
     if req.eta and req.sampler in ("DDIM",):
         extra["Eta"] = f"{req.eta:g}"
+    if (req.cfg_start, req.cfg_end) != (0.0, 1.0):
+        extra["CFG interval"] = f"{req.cfg_start:g}-{req.cfg_end:g}"
+    if req.classifier_scale > 0:
+        extra["Classifier guidance"] = f"{req.classifier_scale:g}"
+        if req.classifier_target:
+            extra["Classifier target"] = req.classifier_target
+    if req.text_guidance_scale > 0:
+        extra["Text guidance"] = f"{req.text_guidance_scale:g}"
     extra["Version"] = "diffusion-studio"
     return extra
 
@@ -182,7 +247,12 @@ def _extras(req: Txt2ImgRequest) -> dict[str, str]:
 def params_to_request(params: metadata.GenerationParams) -> Txt2ImgRequest:
     """A request that reproduces a saved image (from its PNG settings)."""
     rescale = float(params.extra.get("CFG rescale", 0) or 0)
+    start, _, end = params.extra.get("CFG interval", "0-1").partition("-")
     return Txt2ImgRequest(
+        cfg_start=float(start or 0), cfg_end=float(end or 1),
+        classifier_scale=float(params.extra.get("Classifier guidance", 0) or 0),
+        classifier_target=params.extra.get("Classifier target", ""),
+        text_guidance_scale=float(params.extra.get("Text guidance", 0) or 0),
         prompt=params.prompt, negative_prompt=params.negative_prompt, model=params.model or DEFAULT_MODEL,
         sampler=params.sampler, steps=params.steps, guidance_scale=params.cfg_scale, guidance_rescale=rescale,
         seed=params.seed, width=params.width, height=params.height, eta=float(params.extra.get("Eta", 0) or 0),

@@ -41,6 +41,22 @@ class LoadedModel:
         return latent_family(dict(self.pipe.vae.config), dict(self.pipe.unet.config))
 
     @cached_property
+    def evaluator(self):
+        """The embedded suite's attribute classifier of clean images (evaluator/ in the folder), or None."""
+        from studio.shapes import evaluator
+
+        folder = Path(self.source.location) / "evaluator"
+        return evaluator.load(folder, self.pipe._execution_device).requires_grad_(False) if folder.is_dir() else None
+
+    @cached_property
+    def noisy_classifier(self):
+        """A noise-aware classifier of x_t for classifier guidance (noisy_classifier/ in the folder), or None."""
+        from studio.shapes import noisy_classifier
+
+        folder = Path(self.source.location) / "noisy_classifier"
+        return noisy_classifier.load(folder, self.pipe._execution_device) if folder.is_dir() else None
+
+    @cached_property
     def latent_rgb(self) -> tuple[list[list[float]], list[float]] | None:
         """Linear latent->RGB preview factors: the model's own (vae/latent_rgb.json), else the published ones of its family."""
         own = Path(self.source.location) / "vae" / LATENT_RGB_FILE
@@ -238,6 +254,21 @@ class ModelManager:
             for key in keys:
                 if key in self._loaded:
                     self._evict(key)
+
+    def clip(self):
+        """(CLIPModel, tokenizer) from --clip-model for text guidance of real models, or None when not configured."""
+        if self.config.clip_model is None:
+            return None
+        if not hasattr(self, "_clip"):
+            from transformers import CLIPModel, CLIPTokenizer
+
+            folder = Path(self.config.clip_model)
+            try:
+                model = CLIPModel.from_pretrained(folder, local_files_only=True).to(self.config.device).eval().requires_grad_(False)
+                self._clip = (model, CLIPTokenizer.from_pretrained(folder, local_files_only=True))
+            except Exception as e:  # noqa: BLE001
+                raise ModelError(f"Could not load the CLIP model at {folder} for text guidance: {e}") from e
+        return self._clip
 
     # ------------------------------------------------------------ accelerator lock and Stop
     @contextmanager

@@ -72,18 +72,23 @@ def current_sigma(scheduler, t: torch.Tensor) -> torch.Tensor:
     return scheduler.sigmas[scheduler.step_index]
 
 
-def predict_x0(scheduler, space: str, latents: torch.Tensor, model_output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x0-hat from the model output, for the scheduler's space ("vp", "ve" or "flow"), before its step."""
-    if space == "flow":
-        return latents - current_sigma(scheduler, t).to(latents) * model_output
+def vp_view(scheduler, space: str, latents: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same point in VP form, x_t = sqrt(a) x0 + sqrt(1 - a) eps: returns (x_t, a) for "vp" and "ve" spaces."""
     if space == "ve":
         # k-diffusion space: x = x0 + sigma eps; the same point in VP space is x / sqrt(1 + sigma^2).
         sigma = current_sigma(scheduler, t).to(latents)
         alpha_bar = 1 / (1 + sigma**2)
-        x = latents * alpha_bar.sqrt()
-    else:
-        alpha_bar = scheduler.alphas_cumprod.to(latents.device)[t.long()].to(latents)
-        x = latents
+        return latents * alpha_bar.sqrt(), alpha_bar
+    if space == "vp":
+        return latents, scheduler.alphas_cumprod.to(latents.device)[t.long()].to(latents)
+    raise ValueError(f"No VP view of the {space!r} space")
+
+
+def predict_x0(scheduler, space: str, latents: torch.Tensor, model_output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0-hat from the model output, for the scheduler's space ("vp", "ve" or "flow"), before its step."""
+    if space == "flow":
+        return latents - current_sigma(scheduler, t).to(latents) * model_output
+    x, alpha_bar = vp_view(scheduler, space, latents, t)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return (x - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
@@ -114,6 +119,7 @@ def denoise(
     guidance_scale: float,
     *,
     guidance_rescale: float = 0.0,
+    cfg_interval: tuple[float, float] = (0.0, 1.0),
     extra_step_kwargs: dict[str, Any] | None = None,
     hooks: Hooks | None = None,
     want_x0: Callable[[int], bool] = lambda i: False,
@@ -122,22 +128,24 @@ def denoise(
     """Run the scheduler's timesteps (set them first); yield a LoopState after each step.
 
     `want_x0(i)` says when to compute x0-hat (previews); hooks get it whenever they are present.
+    `cfg_interval` (start, end), as fractions of the run: CFG applies on those steps only; elsewhere the prompt's
+    prediction alone is used (and the unconditional branch is not computed).
     Raises Cancelled between steps once `should_stop()` is true.
     """
     hooks = hooks or Hooks()
     extra_step_kwargs = extra_step_kwargs or {}
-    do_cfg = guidance_scale > 1.0 and cond.negative is not None
+    use_cfg = guidance_scale > 1.0 and cond.negative is not None
     # 1. Batch the unconditional and conditional branches once.
-    if do_cfg:
-        embeds = torch.cat([cond.negative, cond.embeds])
-        added = {k: torch.cat([cond.negative_added[k], v]) for k, v in cond.added.items()} if cond.added else None
-    else:
-        embeds, added = cond.embeds, cond.added
+    if use_cfg:
+        both = torch.cat([cond.negative, cond.embeds])
+        both_added = {k: torch.cat([cond.negative_added[k], v]) for k, v in cond.added.items()} if cond.added else None
     timesteps = scheduler.timesteps
     n = len(timesteps)
     for i, t in enumerate(timesteps):
         if should_stop():
             raise Cancelled(f"Stopped at step {i}/{n}.")
+        do_cfg = use_cfg and cfg_interval[0] <= i / n < cfg_interval[1]
+        embeds, added = (both, both_added) if do_cfg else (cond.embeds, cond.added)
         # 2. Model output, with control residuals where a ControlNet is attached.
         with torch.set_grad_enabled(hooks.needs_grad):
             if hooks.needs_grad:

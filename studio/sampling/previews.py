@@ -53,6 +53,11 @@ def linear_preview(latents: torch.Tensor, factors: list[list[float]], bias: list
 @torch.no_grad()
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """UNet-space latents -> image tensor in [-1, 1] (N, 3, H, W)."""
+    return vae_decode_grad(vae, latents)
+
+
+def vae_decode_grad(vae, latents: torch.Tensor) -> torch.Tensor:
+    """As vae_decode, differentiable (for guidance and DPS gradients through the decoder)."""
     z = latents.to(vae.dtype) / vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None)
     if shift:

@@ -22,7 +22,8 @@ NO_MODEL_HELP = (
 )
 # Request fields the form edits, in the order of the form's components.
 FIELDS = ("model", "prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "guidance_rescale",
-          "seed", "width", "height", "batch_size", "preview_every")
+          "seed", "width", "height", "batch_size", "preview_every",
+          "cfg_start", "cfg_end", "classifier_scale", "classifier_target", "text_guidance_scale")
 
 
 def build(studio: Studio) -> None:
@@ -56,6 +57,19 @@ def build(studio: Studio) -> None:
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed-box")
                 preview_every = gr.Slider(0, 20, value=1, step=1, label="Preview every N steps", info="0 = off")
+            with gr.Accordion("Guidance: CFG interval, classifier guidance, text guidance", open=False):
+                with gr.Row():
+                    cfg_start = gr.Slider(0, 1, value=0.0, step=0.05, label="CFG from", info="fraction of the run")
+                    cfg_end = gr.Slider(0, 1, value=1.0, step=0.05, label="CFG until", info="outside: prompt only")
+                with gr.Row():
+                    classifier_scale = gr.Slider(0, 20, value=0.0, step=0.5, label="Classifier guidance scale",
+                                                 info="needs a noise-aware classifier (the embedded suite has one)",
+                                                 elem_id="classifier-scale")
+                    classifier_target = gr.Textbox(label="Classifier target", placeholder="e.g. red star, two blue squares, "
+                                                   "a person waving; empty: the prompt", elem_id="classifier-target")
+                text_scale = gr.Slider(0, 20, value=0.0, step=0.5, label="Text guidance scale",
+                                       info="gradient of a judge of image and prompt on x0-hat: the suite's evaluator, "
+                                            "or CLIP (--clip-model) for other models")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -72,7 +86,8 @@ def build(studio: Studio) -> None:
                                  elem_id="gallery", elem_classes=["pixelated"])
             infotext = gr.Textbox(label="Settings of the last image", lines=3, interactive=False)
     history = gr.State([])
-    form = [model, prompt, negative, sampler, steps, cfg, rescale, seed, width, height, batch, preview_every]
+    form = [model, prompt, negative, sampler, steps, cfg, rescale, seed, width, height, batch, preview_every,
+            cfg_start, cfg_end, classifier_scale, classifier_target, text_scale]
 
     def run(*values):
         *form_values, past = values
@@ -82,6 +97,8 @@ def build(studio: Studio) -> None:
         def on_event(event) -> dict:
             if isinstance(event, Step):
                 text = f"Step {event.i}/{event.n} · {event.metrics.get('it_per_s', 0):.1f} it/s"
+                if "guidance_log_prob" in event.metrics:
+                    text += f" · guidance log p {event.metrics['guidance_log_prob']:.2f}"
                 update = {progress: status(text)}
                 if event.preview:
                     update[live] = tile(event.preview)
