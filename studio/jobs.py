@@ -165,6 +165,38 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     return previews.vae_decode(vae, latents)
 
 
+@dataclass
+class Prepared:
+    """What every sampling job sets up before the loop."""
+
+    cond: Conditioning
+    scheduler: object
+    space: str
+    latents: torch.Tensor
+    seeds: list[int]
+    generators: list[torch.Generator]
+    size: tuple[int, int]  # (height, width)
+
+
+def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: float, sampler: str, steps: int,
+            seed: int, batch: int, size: tuple[int, int]) -> Prepared:
+    """Encode the prompt, build the sampler's timesteps, draw the initial noise (seed -1: a random seed)."""
+    pipe = model.pipe
+    device = pipe._execution_device
+    height, width = size
+    seed = random.randint(0, MAX_SEED) if seed == -1 else seed
+    seeds = [(seed + k) % (MAX_SEED + 1) for k in range(batch)]
+    with torch.no_grad():
+        cond = encode_prompt(model, prompt, negative, batch, guidance_scale > 1.0, (height, width))
+        scheduler, space = make_scheduler(sampler, dict(pipe.scheduler.config))
+        scheduler.set_timesteps(steps, device=device)
+        # One CPU generator per image, so that a seed gives the same image on any device.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        shape = (batch, pipe.unet.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
+    return Prepared(cond, scheduler, space, latents, seeds, generators, (height, width))
+
+
 def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notice | Result]:
     """Text to image through the one loop; yields Notice(s), a Step per denoising step, then the Result."""
     # 1. Check inputs.
@@ -172,25 +204,14 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
     for text in notices:
         yield Notice(text)
     with manager.session():
-        # 2. The model.
+        # 2. The model, prompt, sampler and noise.
         model = manager.get(req.model)
         pipe = model.pipe
-        device = pipe._execution_device
-        width = req.width or model.default_size
-        height = req.height or model.default_size
-        seed = random.randint(0, MAX_SEED) if req.seed == -1 else req.seed
-        seeds = [(seed + k) % (MAX_SEED + 1) for k in range(req.batch_size)]
-        do_cfg = req.guidance_scale > 1.0
-        with torch.no_grad():
-            # 3. Encode the prompt.
-            cond = encode_prompt(model, req.prompt, req.negative_prompt, req.batch_size, do_cfg, (height, width))
-            # 4. Timesteps of the chosen sampler.
-            scheduler, space = make_scheduler(req.sampler, dict(pipe.scheduler.config))
-            scheduler.set_timesteps(req.steps, device=device)
-            # 5. Initial noise, one CPU generator per image so a seed gives the same image on any device.
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            shape = (req.batch_size, pipe.unet.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
-            latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
+        run = prepare(model, req.prompt, req.negative_prompt, req.guidance_scale, req.sampler, req.steps, req.seed,
+                      req.batch_size, (req.height or model.default_size, req.width or model.default_size))
+        scheduler, space, latents, seeds, generators = run.scheduler, run.space, run.latents, run.seeds, run.generators
+        height, width = run.size
+        cond = run.cond
         # 6. Denoise, streaming x0-hat previews.
         every = req.preview_every
         factors = model.latent_rgb

@@ -48,7 +48,7 @@ def test_parsers():
     (lambda: SweepRequest(tiny(), scales=[]), "at least one guidance scale"),
     (lambda: SweepRequest(tiny(), scales=parse_scales("1, abc")), "'abc' is not"),
     (lambda: SweepRequest(tiny(), scales=parse_scales("   ")), "at least one guidance scale"),
-    (lambda: SweepRequest(tiny(), scales=[1.0, 500.0]), r"Guidance scale must be between 0 and 50 \(got 500.0\)"),
+    (lambda: SweepRequest(tiny(), scales=[1.0, 500.0]), r"Guidance scale must be between 0 and 50(\.0)? \(got 500"),
     (lambda: SweepRequest(tiny(), scales=[1.0], axis="colour"), "Unknown sweep axis 'colour'. Known axes: seed, sampler, steps"),
     (lambda: SweepRequest(tiny(), scales=[1.0], axis="steps", values=[]), "at least one steps value"),
     (lambda: SweepRequest(tiny(), scales=[1.0] * 9), "at most 8x8 cells"),

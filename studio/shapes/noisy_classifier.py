@@ -31,7 +31,7 @@ NOISE_BINS = (0, 200, 400, 600, 800, 1000)  # accuracy is reported per timestep 
 class NoisyClassifier(nn.Module):
     """A small CNN over 16x16x4 latents, with the timestep added to every block (as a UNet's time embedding)."""
 
-    def __init__(self, in_channels: int = 4, width: int = 96, temb: int = 128):
+    def __init__(self, in_channels: int = 4, width: int = 48, temb: int = 128):
         super().__init__()
         self.temb = temb
         self.time_mlp = nn.Sequential(nn.Linear(temb, temb), nn.SiLU(), nn.Linear(temb, temb))

@@ -1,0 +1,81 @@
+"""Diffusion Posterior Sampling (Chung et al. 2023) as the loop's correction hook, and the baselines it is compared to.
+
+After each sampler step x_t -> x_{t-1}, DPS (Algorithm 1, Gaussian noise) moves the new sample toward the measurement:
+    x_{t-1} <- x_{t-1} - zeta_t * grad_{x_t} ||y - A(D(x0_hat(x_t)))||^2,   zeta_t = zeta / ||y - A(D(x0_hat(x_t)))||
+where x0_hat is the model's clean estimate and D the VAE decoder (identity for pixel models): the gradient runs
+through the decoder and the UNet.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from studio.inverse.operators import Operator
+from studio.sampling.loop import LoopState
+
+# Step sizes of the official DPS configs (DPS2022/diffusion-posterior-sampling, configs/*.yaml), for 1000 DDPM steps.
+OFFICIAL_ZETA = {"inpainting": 0.5, "super_resolution": 0.3, "gaussian_blur": 0.3, "motion_blur": 0.3}
+OFFICIAL_STEPS = 1000
+
+
+def default_zeta(operator: str, steps: int) -> float:
+    """The official per-task zeta, scaled by 1000/steps so that the total correction is kept with fewer steps."""
+    return OFFICIAL_ZETA.get(operator, 0.3) * OFFICIAL_STEPS / steps
+
+
+@dataclass
+class DPSCorrection:
+    """The loop's correction hook. Needs the loop's `needs_grad` (gradients through the model call)."""
+
+    operator: Operator
+    y: torch.Tensor  # the measurement, (N, 3, h, w) in [-1, 1]
+    decode: Callable[[torch.Tensor], torch.Tensor]  # UNet latents -> images in [-1, 1], differentiable
+    zeta: float
+
+    def residual(self, x0_latents: torch.Tensor) -> torch.Tensor:
+        return self.y - self.operator.forward(self.decode(x0_latents).float())
+
+    def __call__(self, state: LoopState, next_latents: torch.Tensor) -> torch.Tensor:
+        r = self.residual(state.x0_hat)
+        sq = r.pow(2).flatten(1).sum(1)  # per image
+        norm = sq.detach().sqrt()
+        state.metrics["residual_rms"] = float((norm / r[0].numel() ** 0.5).mean())
+        if self.zeta == 0:
+            return next_latents
+        grad = torch.autograd.grad(sq.sum(), state.latents)[0]
+        step = (self.zeta / norm.clamp_min(1e-8)).view(-1, *([1] * (grad.ndim - 1)))
+        return (next_latents - step * grad).detach()
+
+
+@dataclass
+class MaskBlend:
+    """Baseline for inpainting with an ordinary (non-inpainting) model, as diffusers' inpainting pipeline does for
+    a 4-channel UNet: after each step, the known region is replaced by the measurement's latents noised to the next
+    timestep; the hole is left to the model."""
+
+    known_latents: torch.Tensor  # the measurement encoded, UNet space
+    latent_mask: torch.Tensor  # 1 where known, at latent size
+    scheduler: object
+    generator: torch.Generator
+
+    def __call__(self, state: LoopState, next_latents: torch.Tensor) -> torch.Tensor:
+        timesteps = self.scheduler.timesteps
+        idx = state.i  # index of the next timestep
+        if idx < len(timesteps):
+            noise = torch.randn(self.known_latents.shape, generator=self.generator).to(self.known_latents)
+            known = self.scheduler.add_noise(self.known_latents, noise, timesteps[idx:idx + 1])
+        else:
+            known = self.known_latents
+        return self.latent_mask * known + (1 - self.latent_mask) * next_latents
+
+
+def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pixel mask (1 known) at latent size: a latent cell is known only when all its pixels are."""
+    return (F.adaptive_avg_pool2d(mask.float(), size) > 0.999).float()
+
+
+def bicubic_upsample(y: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.interpolate(y, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1)

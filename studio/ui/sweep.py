@@ -1,0 +1,145 @@
+"""The Guidance sweep tab: a grid of CFG scales by seeds (or a second setting), filled in live, with per-column metrics."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from studio.events import Cell, Notice, SweepSummary
+from studio.jobs import Txt2ImgRequest
+from studio.sampling.schedulers import SAMPLERS
+from studio.studio import Studio
+from studio.sweep import AXES, MAX_SIDE, SweepRequest, parse_axis_values, parse_scales, sweep
+from studio.ui.common import ACCELERATOR, guarded, status
+
+CELL = 128  # each image is shown at least this big (64 px suite images are upscaled x2, pixelated)
+PENDING = (200, 200, 200)
+TABLE_HEADERS = ["scale", "adherence", "diversity"]
+AXIS_CHOICES = [(f"{label} ({name})" if name != "seed" else "seeds", name) for name, label in AXES.items()]
+
+
+def build(studio: Studio) -> None:
+    """Lay out the tab inside the current gr.Blocks and wire its events."""
+    start = Txt2ImgRequest()
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = gr.Dropdown(studio.model_choices(), value=studio.default_model(), label="Model", allow_custom_value=True,
+                                elem_id="sweep-model")
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a big red star on the left", elem_id="sweep-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="sweep-negative")
+            with gr.Row():
+                sampler = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler")
+                steps = gr.Slider(1, studio.config.limits.max_steps, value=start.steps, step=1, label="Steps", elem_id="sweep-steps")
+            with gr.Row():
+                seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random; row r uses seed + r")
+                rows = gr.Slider(1, MAX_SIDE, value=4, step=1, label="Rows (seeds)", elem_id="sweep-rows")
+            scales = gr.Textbox(value="1, 3, 5, 7", label="Guidance scales (columns)", info=f"comma-separated, up to {MAX_SIDE}",
+                                elem_id="sweep-scales")
+            with gr.Row():
+                axis = gr.Dropdown(AXIS_CHOICES, value="seed", label="Rows vary", elem_id="sweep-axis")
+                values = gr.Textbox(label="Row values", placeholder="e.g. DDIM, Euler a  ·  10, 25  ·  0, 0.7",
+                                    info="comma-separated; not used for seeds", elem_id="sweep-values")
+            with gr.Row():
+                run_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
+                stop = gr.Button("Stop", variant="stop", elem_id="sweep-stop")
+        with gr.Column(scale=3):
+            # No floating label: it would cover the column headers drawn into the image.
+            grid = gr.Image(label="Sweep grid", show_label=False, type="pil", interactive=False, elem_id="sweep-grid",
+                            elem_classes=["pixelated"])
+            progress = gr.Markdown("", elem_id="sweep-status")
+            table = gr.Dataframe(headers=TABLE_HEADERS, label="Per column (suite evaluator)", interactive=False,
+                                 elem_id="sweep-table")
+            plot = gr.LinePlot(x="scale", y="value", color="metric", label="Adherence and diversity against scale",
+                               x_title="guidance scale", y_title="value", y_lim=[0, 1], elem_id="sweep-plot")
+
+    def run(model, prompt, negative, sampler, steps, seed, rows, scales_text, axis_name, values_text):
+        base = Txt2ImgRequest(model=model or "", prompt=prompt, negative_prompt=negative, sampler=sampler, steps=int(steps),
+                              seed=int(seed if seed is not None else -1))
+        shown: dict[tuple[int, int], Image.Image] = {}
+        labels = {"rows": [], "cols": []}
+
+        def events():
+            # Parsing happens here so bad input reaches the status line through guarded().
+            req = SweepRequest(base, parse_scales(scales_text), axis_name, parse_axis_values(axis_name, values_text), int(rows))
+            n_rows = req.rows if req.axis == "seed" else len(req.values)
+            labels["cols"] = [f"CFG {s:g}" for s in req.scales]
+            labels["rows"] = [""] * n_rows
+            yield from sweep(studio.manager, req)
+
+        def on_event(event) -> dict:
+            if isinstance(event, Notice):
+                return {progress: status(event.text)}
+            if isinstance(event, Cell):
+                shown[(event.row, event.col)] = event.image
+                labels["rows"][event.row] = event.row_label
+                total = len(labels["rows"]) * len(labels["cols"])
+                return {grid: compose_grid(shown, labels["rows"], labels["cols"]),
+                        progress: status(f"Cell {len(shown)}/{total}: {event.row_label}, {event.col_label}")}
+            assert isinstance(event, SweepSummary)
+            return {table: summary_table(event), plot: summary_plot(event),
+                    progress: status(f"Done: {len(shown)} images in {event.seconds:.1f} s, saved to "
+                                     f"{studio.config.outputs_dir}", "ok")}
+
+        def on_error(text: str, kind: str) -> dict:
+            return {progress: status(text, kind)}
+
+        yield {grid: None, table: pd.DataFrame(columns=TABLE_HEADERS), progress: status("Starting…")}
+        yield from guarded(events(), on_event, on_error)
+
+    run_btn.click(run, [model, prompt, negative, sampler, steps, seed, rows, scales, axis, values], [grid, progress, table, plot],
+                  concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="sweep")
+    stop.click(studio.manager.request_stop, None, None, queue=False)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def compose_grid(cells: dict[tuple[int, int], Image.Image], row_labels: list[str], col_labels: list[str]) -> Image.Image:
+    """One labelled sheet: column headers (scales) on top, row labels on the left, grey where a cell is not done yet."""
+    first = next(iter(cells.values()))
+    factor = max(1, CELL // max(first.size))
+    w, h = first.width * factor, first.height * factor
+    font = _font(14)
+    left = max([110] + [int(font.getlength(t)) + 12 for t in row_labels])
+    top, gap = 24, 2
+    sheet = Image.new("RGB", (left + len(col_labels) * (w + gap), top + len(row_labels) * (h + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, text in enumerate(col_labels):
+        x = left + c * (w + gap) + (w - font.getlength(text)) / 2
+        draw.text((x, 4), text, fill="black", font=font)
+    for r, text in enumerate(row_labels):
+        draw.text((6, top + r * (h + gap) + h / 2 - 8), text, fill="black", font=font)
+        for c in range(len(col_labels)):
+            xy = (left + c * (w + gap), top + r * (h + gap))
+            image = cells.get((r, c))
+            if image is None:
+                draw.rectangle([xy, (xy[0] + w - 1, xy[1] + h - 1)], fill=PENDING)
+            else:
+                sheet.paste(image.convert("RGB").resize((w, h), Image.Resampling.NEAREST), xy)
+    return sheet
+
+
+def summary_table(summary: SweepSummary) -> pd.DataFrame:
+    def fmt(v):
+        return "n/a" if v is None else round(v, 3)
+
+    return pd.DataFrame([[c["scale"], fmt(c["adherence"]), fmt(c["diversity"])] for c in summary.columns], columns=TABLE_HEADERS)
+
+
+def summary_plot(summary: SweepSummary) -> pd.DataFrame:
+    """Long format for gr.LinePlot: one row per (scale, metric); metrics without a value are left out.
+
+    Diversity (feature distances, tens) is divided by its largest column so it shares adherence's 0..1 axis;
+    the legend says by how much, and the table keeps the raw numbers.
+    """
+    top = max((c["diversity"] for c in summary.columns if c["diversity"] is not None), default=None)
+    rows = [{"scale": c["scale"], "metric": "adherence", "value": c["adherence"]} for c in summary.columns
+            if c["adherence"] is not None]
+    if top:
+        rows += [{"scale": c["scale"], "metric": f"diversity / {top:.3g}", "value": c["diversity"] / top}
+                 for c in summary.columns if c["diversity"] is not None]
+    return pd.DataFrame(rows, columns=["scale", "metric", "value"])

@@ -1,0 +1,83 @@
+"""DPS through the one loop: zeta = 0 is the plain sampler, DPS fits the measurement, and bad input is a message."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
+from studio.errors import RequestError
+from studio.events import Notice, Result, Step
+from studio.inverse.job import InverseRequest, inverse
+from studio.jobs import Txt2ImgRequest, txt2img
+from studio.manager import ModelManager
+from studio.shapes import scenes
+
+SUITE = str(ASSETS_MODELS / DEFAULT_MODEL)
+
+
+def clean_image(seed: int = 0) -> np.ndarray:
+    return scenes.make_scene(np.random.default_rng(seed), kind="single").image
+
+
+def run(manager, **kw) -> tuple[list, Result]:
+    events = list(inverse(manager, InverseRequest(**kw)))
+    return events, events[-1]
+
+
+def test_zeta_zero_gives_exactly_the_unguided_sample(manager):
+    image = np.zeros((32, 32, 3), np.uint8)
+    _, result = run(manager, image=image, model="tiny-sd", operator="super_resolution", factor=2, zeta=0.0, steps=3,
+                    sampler="DDIM", seed=5, baseline=False, preview_every=0)
+    plain = list(txt2img(manager, Txt2ImgRequest(model="tiny-sd", prompt="", guidance_scale=1.0, steps=3, sampler="DDIM",
+                                                 seed=5, save=False, preview_every=0)))[-1]
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(plain.images[0]))
+
+
+def test_streams_residual_and_previews(manager):
+    events, result = run(manager, image=np.zeros((32, 32, 3), np.uint8), model="tiny-sd", operator="gaussian_blur",
+                         kernel_size=5, intensity=1.0, steps=4, sampler="DDIM", preview_every=2, baseline=True)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert len(steps) == 4 and all("residual_rms" in s.metrics for s in steps)
+    assert [s.i for s in steps if s.preview] == [2, 4] and len(steps[1].preview) == 2  # x0-hat and current sample
+    assert len(result.images) == 4 and "baseline_psnr" in result.metrics
+
+
+@pytest.fixture(scope="module")
+def suite_manager(tmp_path_factory):
+    return ModelManager(StudioConfig(outputs_dir=tmp_path_factory.mktemp("o"), models_dir=tmp_path_factory.mktemp("m")))
+
+
+def test_dps_residual_is_far_below_the_unguided_one(suite_manager):
+    kw = dict(image=clean_image(3), model=SUITE, operator="super_resolution", factor=4, steps=20, seed=1, baseline=False,
+              preview_every=0, batch_size=2)
+    _, guided = run(suite_manager, **kw)
+    _, free = run(suite_manager, zeta=0.0, **kw)
+    assert guided.metrics["dps_residual_rms"] < 0.5 * free.metrics["dps_residual_rms"], (guided.metrics, free.metrics)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"sigma": 2.0}, "sigma must be between 0 and 1"),
+    ({"hole": np.zeros((32, 32), np.uint8)}, None),  # an empty painted mask falls back to the box: not an error
+    ({"box": 0.0}, "no hole"),
+    ({"box": 1.0}, "covers the whole image"),
+    ({"image": "not an image"}, "not an image"),
+    ({"operator": "deconvolution"}, "Unknown operator"),
+])
+def test_bad_input_is_a_clear_message(manager, changes, words):
+    kw = dict(image=np.zeros((32, 32, 3), np.uint8), model="tiny-sd", steps=1, sampler="DDIM", baseline=False, preview_every=0)
+    kw.update(changes)
+    if words is None:
+        run(manager, **kw)
+        return
+    with pytest.raises(RequestError, match=words):
+        run(manager, **kw)
+
+
+def test_mask_and_image_of_another_size_are_resized_and_said(manager):
+    hole = np.zeros((100, 100), np.uint8)
+    hole[30:70, 30:70] = 1
+    events, _ = run(manager, image=np.zeros((50, 50, 3), np.uint8), hole=hole, model="tiny-sd", steps=1, sampler="DDIM",
+                    baseline=False, preview_every=0)
+    notes = [e.text for e in events if isinstance(e, Notice)]
+    assert any("mask is 100x100; resized to 32x32" in n for n in notes) and any("image is 50x50" in n for n in notes)
