@@ -89,7 +89,16 @@ def test_unknown_classifier_target_is_a_clear_message(suite):
 
 
 def test_text_guidance_raises_the_judged_probability_of_the_prompt(suite):
-    # Weak CFG, so that there is room for text guidance to help.
-    plain = target_probability(suite, prompt="a star", guidance_scale=1.0)
-    guided = target_probability(suite, prompt="a star", guidance_scale=1.0, text_guidance_scale=4.0)
-    assert guided.mean() > plain.mean(), (guided, plain)
+    """Without CFG the suite often draws two where the prompt says three: text guidance (the evaluator on x0-hat) helps."""
+    manager, judge = suite
+
+    def p_three(scale: float) -> float:
+        req = Txt2ImgRequest(model=SUITE, prompt="three pink stars", seed=21, batch_size=12, steps=20, guidance_scale=1.0,
+                             text_guidance_scale=scale, preview_every=0, save=False)
+        result = [e for e in txt2img(manager, req) if isinstance(e, Result)][0]
+        with torch.no_grad():
+            logits = judge(ev.images_to_tensor(np.stack([np.asarray(im) for im in result.images])))
+        return float(torch.softmax(logits["count"], 1)[:, 2].mean())
+
+    plain, guided = p_three(0.0), p_three(1.0)
+    assert guided > plain + 0.05, (guided, plain)

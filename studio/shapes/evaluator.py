@@ -58,24 +58,33 @@ def images_to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> 
     return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def save(model: AttributeClassifier, folder: str | Path, metrics: dict | None = None) -> None:
+def save_weights(model: nn.Module, folder: str | Path, config: dict, metrics: dict | None = None) -> None:
+    """A small torch model as folder/model.safetensors + config.json (+ metrics.json)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    config = {"heads": HEADS, "feature_dim": FEATURE_DIM, "shapes": list(scenes.SHAPES), "colours": list(scenes.COLOURS),
-              "positions": list(scenes.POSITIONS), "sizes": list(scenes.SIZES), "poses": list(scenes.POSES)}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
+def load_weights(model: nn.Module, folder: str | Path, device: str | torch.device, what: str) -> nn.Module:
+    """Fill `model` from folder/model.safetensors; in eval mode, gradients off for its parameters."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"No {what} weights at {path}")
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval().requires_grad_(False)
+
+
+def save(model: AttributeClassifier, folder: str | Path, metrics: dict | None = None) -> None:
+    config = {"heads": HEADS, "feature_dim": FEATURE_DIM, "shapes": list(scenes.SHAPES), "colours": list(scenes.COLOURS),
+              "positions": list(scenes.POSITIONS), "sizes": list(scenes.SIZES), "poses": list(scenes.POSES)}
+    save_weights(model, folder, config, metrics)
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu") -> AttributeClassifier:
-    folder = Path(folder)
-    if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"No evaluator weights at {folder / 'model.safetensors'}")
-    model = AttributeClassifier()
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return model.to(device).eval()
+    return load_weights(AttributeClassifier(), folder, device, "evaluator")
 
 
 @torch.no_grad()

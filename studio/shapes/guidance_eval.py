@@ -18,7 +18,7 @@ from studio.shapes import evaluate, scenes
 from studio.shapes import evaluator as ev
 
 SUITE = ASSETS_MODELS / DEFAULT_MODEL
-DEFAULT_CLASSIFIER_SCALE = 4.0
+DEFAULT_CLASSIFIER_SCALE = 8.0
 
 
 def classifier_guidance_rates(manager: ModelManager, scales: list[float], per_class: int, steps: int = 25) -> dict:

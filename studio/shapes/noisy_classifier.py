@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL
@@ -68,19 +68,11 @@ class NoisyClassifier(nn.Module):
 
 
 def save(model: NoisyClassifier, folder: Path, metrics: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"heads": HEADS, "input": "VP noisy latents (UNet space) and timestep"}, indent=2))
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    ev.save_weights(model, folder, {"heads": HEADS, "input": "VP noisy latents (UNet space) and timestep"}, metrics)
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> NoisyClassifier:
-    folder = Path(folder)
-    if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"No noise-aware classifier at {folder}")
-    model = NoisyClassifier()
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return model.to(device).eval().requires_grad_(False)
+    return ev.load_weights(NoisyClassifier(), folder, device, "noise-aware classifier")
 
 
 @torch.no_grad()

@@ -123,7 +123,7 @@ def train_evaluator(args, data: ShapesData, vae: AutoencoderKL, device: torch.de
     """Trained on clean images and on VAE reconstructions, so it judges generated images fairly."""
     model = ev.AttributeClassifier().to(device).train()
     if (out / "evaluator" / "model.safetensors").exists():
-        model = ev.load(out / "evaluator", device).train()
+        model = ev.load(out / "evaluator", device).train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.eval_lr, weight_decay=1e-4)
     step, budget = 0, Budget(args.eval_minutes, args.eval_steps)
     while not budget.done(step):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.studio import Studio
-from studio.ui import generate, sweep
+from studio.ui import generate, inverse, sweep
 from studio.ui.common import CSS
 
 TITLE = "Diffusion Studio"
@@ -19,6 +19,8 @@ def build(studio: Studio) -> gr.Blocks:
                 generate.build(studio)
             with gr.Tab("Guidance sweep", id="sweep"):
                 sweep.build(studio)
+            with gr.Tab("Inverse problems", id="inverse"):
+                inverse.build(studio)
     return demo
 
 

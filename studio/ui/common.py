@@ -20,13 +20,14 @@ CSS = """
 #status-line { min-height: 1.5em; }
 .status-error { color: #b42318; font-weight: 600; }
 .status-info { color: #475467; }
+.status-ok { color: #067647; font-weight: 600; }
 """
 
 
 def status(text: str, kind: str = "info") -> str:
     """A status line as HTML-safe markdown; kind is info, error or ok."""
-    icon = {"error": "⚠️ ", "ok": "✅ ", "info": ""}[kind]
-    return f'<span class="status-{"error" if kind == "error" else "info"}">{icon}{html.escape(text)}</span>'
+    prefix = {"error": "Error: ", "ok": "", "info": ""}[kind]
+    return f'<span class="status-{kind}">{prefix}{html.escape(text)}</span>'
 
 
 def tile(images: list[Image.Image], cols: int | None = None) -> Image.Image:

@@ -63,7 +63,7 @@ def build(studio: Studio) -> None:
                     cfg_end = gr.Slider(0, 1, value=1.0, step=0.05, label="CFG until", info="outside: prompt only")
                 with gr.Row():
                     classifier_scale = gr.Slider(0, 20, value=0.0, step=0.5, label="Classifier guidance scale",
-                                                 info="needs a noise-aware classifier (the embedded suite has one)",
+                                                 info="needs a noise-aware classifier (the embedded suite has one; 8 is a good start)",
                                                  elem_id="classifier-scale")
                     classifier_target = gr.Textbox(label="Classifier target", placeholder="e.g. red star, two blue squares, "
                                                    "a person waving; empty: the prompt", elem_id="classifier-target")
