@@ -34,6 +34,9 @@ class DPSCorrection:
     y: torch.Tensor  # the measurement, (N, 3, h, w) in [-1, 1]
     decode: Callable[[torch.Tensor], torch.Tensor]  # UNet latents -> images in [-1, 1], differentiable
     zeta: float
+    # With tens of steps instead of DPS's 1000, the first steps (a_t ~ 0, so d x0-hat / d x_t ~ 1/sqrt(a_t)) would throw
+    # the sample far off the data and the decoder saturates; so each correction's RMS per latent element is capped.
+    max_move: float = 0.2
 
     def residual(self, x0_latents: torch.Tensor) -> torch.Tensor:
         return self.y - self.operator.forward(self.decode(x0_latents).float())
@@ -46,8 +49,11 @@ class DPSCorrection:
         if self.zeta == 0:
             return next_latents
         grad = torch.autograd.grad(sq.sum(), state.latents)[0]
-        step = (self.zeta / norm.clamp_min(1e-8)).view(-1, *([1] * (grad.ndim - 1)))
-        return (next_latents - step * grad).detach()
+        shape = (-1, *([1] * (grad.ndim - 1)))
+        move = (self.zeta / norm.clamp_min(1e-8)).view(shape) * grad
+        rms = move.pow(2).flatten(1).mean(1).sqrt().view(shape)
+        move = move * (self.max_move / rms.clamp_min(1e-12)).clamp(max=1.0)
+        return (next_latents - move).detach()
 
 
 @dataclass

@@ -48,7 +48,7 @@ class InverseRequest:
 
 
 def _to_tensor(image: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
