@@ -120,6 +120,8 @@ def text_judge(model: LoadedModel, req: Txt2ImgRequest, clip) -> Callable:
 def guidance_hooks(model: LoadedModel, req: Txt2ImgRequest, scheduler, space: str, clip=None) -> Hooks:
     """The loop's guidance hook for the request's classifier and text guidance (none when both scales are 0)."""
     steps = []
+    if space == "flow" and (req.classifier_scale > 0 or req.text_guidance_scale > 0):
+        raise RequestError("Classifier and text guidance work with noise-prediction models; this is a flow-matching model.")
     if req.classifier_scale > 0:
         if model.noisy_classifier is None:
             raise RequestError(f"Classifier guidance needs a noise-aware classifier (a noisy_classifier/ folder in the "

@@ -150,10 +150,12 @@ class ModelManager:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
-            pipe = self._load(source)
+            pipe = self._load(source)  # still on the CPU
             model = LoadedModel(source, pipe, _module_bytes(pipe), _weights_hash(source))
+            # Free least recently used models before the new one takes accelerator memory.
             while self._loaded and sum(m.nbytes for m in self._loaded.values()) + model.nbytes > self.budget_bytes:
                 self._evict(next(iter(self._loaded)))
+            self._place(pipe)
             self._loaded[key] = model
             return model
 
@@ -175,11 +177,14 @@ class ModelManager:
                     "Stable Diffusion style UNet models (SD 1.x, 2.x, XL, Turbo and the embedded suite)."
                 )
         pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _place(self, pipe: DiffusionPipeline) -> None:
+        """Onto the accelerator, whole or (with --offload) part by part as each runs."""
         if self.config.offload and self.config.device != "cpu":
             pipe.enable_model_cpu_offload(device=self.config.device)
         else:
             pipe.to(self.config.device)
-        return pipe
 
     def _load_pretrained(self, source: sources.ModelSource, kwargs: dict) -> DiffusionPipeline:
         location = source.location
@@ -275,11 +280,9 @@ class ModelManager:
     def session(self) -> Iterator[None]:
         """Hold the accelerator for one job; a Stop pressed before this job started does not carry over."""
         with self._accelerator:
+            # Cleared on entry only: a Stop pressed while a job finishes (or between a sweep's cells) still counts.
             self._stop.clear()
-            try:
-                yield
-            finally:
-                self._stop.clear()
+            yield
 
     def request_stop(self) -> None:
         self._stop.set()

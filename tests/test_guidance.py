@@ -102,3 +102,12 @@ def test_text_guidance_raises_the_judged_probability_of_the_prompt(suite):
 
     plain, guided = p_three(0.0), p_three(1.0)
     assert guided > plain + 0.05, (guided, plain)
+
+
+def test_emptied_boxes_mean_defaults_in_the_generate_tab():
+    """gr.Number boxes emptied by the user arrive as None: the request uses the field's default, not a TypeError."""
+    from studio.ui.generate import FIELDS, request_from_form
+
+    values = {"model": "tiny-sd", "prompt": "x", "seed": None, "width": None, "height": None, "steps": 3.0}
+    req = request_from_form([values.get(k, getattr(Txt2ImgRequest(), k)) for k in FIELDS])
+    assert (req.seed, req.width, req.height, req.steps) == (-1, 0, 0, 3) and isinstance(req.steps, int)

@@ -81,3 +81,13 @@ def test_mask_and_image_of_another_size_are_resized_and_said(manager):
                     baseline=False, preview_every=0)
     notes = [e.text for e in events if isinstance(e, Notice)]
     assert any("mask is 100x100; resized to 32x32" in n for n in notes) and any("image is 50x50" in n for n in notes)
+
+
+def test_results_are_saved_with_their_settings(manager, config):
+    from studio import metadata
+
+    _, result = run(manager, image=np.zeros((32, 32, 3), np.uint8), model="tiny-sd", operator="gaussian_blur",
+                    kernel_size=5, intensity=1.0, steps=2, sampler="DDIM", preview_every=0, baseline=True, seed=3)
+    assert len(result.paths) == 2 and all(p.parent == config.outputs_dir for p in result.paths)
+    params = metadata.read_png_parameters(result.paths[0])
+    assert params.seed == 3 and params.extra["Inverse problem"] == "gaussian_blur" and params.extra["Result"] == "DPS"

@@ -174,7 +174,29 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         if clean is not None:
             for k, v in scores(_to_uint8(clean)[0], _to_uint8(out)[0], mask).items():
                 metrics[f"{name}_{k}"] = v
-    yield Result(previews.to_pil(torch.cat([im[:1] for im in images])), metrics=metrics, seeds=[req.seed])
+    pil = previews.to_pil(torch.cat([im[:1] for im in images]))
+    paths = _save(manager, model, req, zeta, {"DPS": pil[0], "baseline": pil[1]} if req.baseline else {"DPS": pil[0]})
+    yield Result(pil, paths=paths, metrics=metrics, seeds=[req.seed])
+
+
+def _save(manager, model, req: InverseRequest, zeta: float, images: dict) -> list:
+    """Nothing is lost: the DPS result and the baseline go to the outputs folder with their settings."""
+    from studio import metadata
+
+    extra = {"Inverse problem": req.operator, "Noise sigma": f"{req.sigma:g}", "DPS zeta": f"{zeta:g}"}
+    if req.operator == "super_resolution":
+        extra["SR factor"] = str(req.factor)
+    elif req.operator == "gaussian_blur":
+        extra.update({"Blur kernel": str(req.kernel_size), "Blur strength": f"{req.intensity:g}"})
+    elif req.operator == "motion_blur":
+        extra.update({"Blur kernel": str(req.kernel_size), "Blur angle": f"{req.angle:g}"})
+    paths = []
+    for name, image in images.items():
+        params = metadata.GenerationParams(prompt=req.prompt, steps=req.steps, sampler=req.sampler, cfg_scale=req.guidance_scale,
+                                           seed=req.seed, width=image.width, height=image.height, model=model.name,
+                                           model_hash=model.model_hash, extra={**extra, "Result": name, "Version": "diffusion-studio"})
+        paths.append(metadata.save_png(image, params, manager.config.outputs_dir))
+    return paths
 
 
 def _sample(manager, model, req: InverseRequest, hooks: Hooks, phase: str, run=None):

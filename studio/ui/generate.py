@@ -91,7 +91,7 @@ def build(studio: Studio) -> None:
 
     def run(*values):
         *form_values, past = values
-        req = Txt2ImgRequest(**{k: _plain(v) for k, v in zip(FIELDS, form_values)})
+        req = request_from_form(form_values)
         shown = list(past)
 
         def on_event(event) -> dict:
@@ -159,6 +159,12 @@ def build(studio: Studio) -> None:
         return [values[k] for k in FIELDS] + [status(f"Settings loaded (seed {req.seed}).{note}", "ok")]
 
     settings_png.upload(load_settings, settings_png, form + [progress], queue=False)
+
+
+def request_from_form(values) -> Txt2ImgRequest:
+    """The form's values (in FIELDS order) as a request; an emptied box (None) means the field's default."""
+    defaults = Txt2ImgRequest()
+    return Txt2ImgRequest(**{k: getattr(defaults, k) if v is None else _plain(v) for k, v in zip(FIELDS, values)})
 
 
 def _plain(value):
