@@ -679,10 +679,10 @@ def render_batch(
 
 
 def canny_edges(image: np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:
-    """cv2.Canny edges of an RGB image as uint8 HxWx3 (white edges on black)."""
-    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    e = cv2.Canny(gray, low, high)
-    return np.repeat(e[..., None], 3, axis=2)
+    """cv2.Canny edges of an RGB image as uint8 HxWx3 (white edges on black): the studio's canny annotator."""
+    from studio.control.annotators import canny
+
+    return canny(image, low, high)
 
 
 __all__ = [
