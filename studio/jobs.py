@@ -230,7 +230,9 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
             latents = state.next_latents
             preview = previews.preview(state.x0_hat, pipe.vae, factors, model.vae_scale_factor) if state.x0_hat is not None else None
             elapsed = time.perf_counter() - t0
-            yield Step(state.i, state.n, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics})
+            # Second-order samplers (Heun) evaluate the model twice per step: report sampler steps, as users count them.
+            step = -(-state.i * req.steps // state.n)
+            yield Step(step, req.steps, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics})
         # 7. Decode, save with settings, report.
         images = decode(model, latents)
     pixels = ((images.detach().float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()

@@ -82,3 +82,10 @@ def test_cfg_rescale_matches_diffusers_formula():
     guided = uncond + 7.5 * (text - uncond)
     expected = rescale_noise_cfg(guided, text, guidance_rescale=0.7)
     assert torch.allclose(cfg_combine(uncond, text, 7.5, 0.7), expected, atol=1e-6)
+
+
+def test_heun_reports_sampler_steps_not_model_evaluations(manager):
+    events, _ = run(manager, sampler="Heun", steps=4, preview_every=0)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert len(steps) == 7  # 2 * 4 - 1 model evaluations
+    assert all(s.n == 4 for s in steps) and steps[-1].i == 4 and [s.i for s in steps] == sorted(s.i for s in steps)

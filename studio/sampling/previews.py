@@ -57,7 +57,11 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def vae_decode_grad(vae, latents: torch.Tensor) -> torch.Tensor:
-    """As vae_decode, differentiable (for guidance and DPS gradients through the decoder)."""
+    """As vae_decode, differentiable (for guidance and DPS gradients through the decoder).
+
+    VAEs that overflow in fp16 (force_upcast, e.g. SDXL's) decode in fp32, as diffusers' pipelines do."""
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
     z = latents.to(vae.dtype) / vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None)
     if shift:
