@@ -123,11 +123,8 @@ def guidance_hooks(model: LoadedModel, req: Txt2ImgRequest, scheduler, space: st
     if space == "flow" and (req.classifier_scale > 0 or req.text_guidance_scale > 0):
         raise RequestError("Classifier and text guidance work with noise-prediction models; this is a flow-matching model.")
     if req.classifier_scale > 0:
-        if model.noisy_classifier is None:
-            raise RequestError(f"Classifier guidance needs a noise-aware classifier (a noisy_classifier/ folder in the "
-                               f"model); {model.name} has none. The embedded suite shapes-v1 has one.")
         targets = _attribute_targets(req.classifier_target or req.prompt, "classifier guidance")
-        steps.append(guidance.GradientGuidance(guidance.classifier_log_prob(model.noisy_classifier, targets),
+        steps.append(guidance.GradientGuidance(guidance.classifier_log_prob(require_classifier(model), targets),
                                                req.classifier_scale, scheduler, space))
     if req.text_guidance_scale > 0:
         steps.append(guidance.GradientGuidance(
@@ -136,10 +133,18 @@ def guidance_hooks(model: LoadedModel, req: Txt2ImgRequest, scheduler, space: st
     return Hooks(guidance=_chain(steps) if steps else None)
 
 
-def _attribute_targets(text: str, what: str) -> dict[str, int]:
-    from studio.shapes.scenes import parse_prompt
+def require_classifier(model: LoadedModel):
+    """The model's noise-aware classifier, or the message that says it has none."""
+    if model.noisy_classifier is None:
+        raise RequestError(f"Classifier guidance needs a noise-aware classifier (a noisy_classifier/ folder in the "
+                           f"model); {model.name} has none. The embedded suite shapes-v1 has one.")
+    return model.noisy_classifier
 
-    targets = {k: v for k, v in parse_prompt(text).items() if v >= 0}
+
+def _attribute_targets(text: str, what: str) -> dict[str, int]:
+    from studio.shapes.scenes import asked_attributes
+
+    targets = asked_attributes(text)
     if not targets:
         raise RequestError(f"{what.capitalize()} needs a target it knows: name a shape, colour or a person "
                            f"(e.g. 'red star', 'two blue squares', 'a person waving'); got {text!r}.")
@@ -153,18 +158,6 @@ def _chain(steps):
         return state.model_output
 
     return hook
-
-
-def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
-    """Final latents -> images in [-1, 1]; upcasts VAEs that overflow in fp16 (SDXL's) as diffusers does."""
-    vae = model.pipe.vae
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        vae.to(torch.float32)
-        try:
-            return previews.vae_decode(vae, latents.float())
-        finally:
-            vae.to(torch.float16)
-    return previews.vae_decode(vae, latents)
 
 
 @dataclass
@@ -234,7 +227,7 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
             step = -(-state.i * req.steps // state.n)
             yield Step(step, req.steps, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics})
         # 7. Decode, save with settings, report.
-        images = decode(model, latents)
+        images = previews.vae_decode(pipe.vae, latents)
     pixels = ((images.detach().float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
     pil = previews.to_pil(images)
     infotexts, paths = [], []

@@ -246,7 +246,8 @@ class ModelManager:
 
     def _evict(self, key: str) -> None:
         model = self._loaded.pop(key)
-        model.pipe.to("cpu") if not self.config.offload else None
+        if not self.config.offload:
+            model.pipe.to("cpu")
         del model
         gc.collect()
         if torch.cuda.is_available():

@@ -86,9 +86,8 @@ def sweep(manager: ModelManager, req: SweepRequest) -> Iterator[Notice | Cell | 
         yield Notice(f"Seed -1: using random seed {seed}" + (f" (row r uses {seed} + r)." if req.axis == "seed" else "."))
     # 2. The model, loaded once; txt2img finds it already loaded for every cell.
     model = manager.get(base.model)
-    if any(cell.classifier_scale > 0 for row in grid for cell in row) and model.noisy_classifier is None:
-        raise RequestError(f"Classifier guidance needs a noise-aware classifier (a noisy_classifier/ folder in the "
-                           f"model); {model.name} has none. The embedded suite shapes-v1 has one.")
+    if any(cell.classifier_scale > 0 for row in grid for cell in row):
+        jobs.require_classifier(model)
     judge = model.evaluator
     # 3. The cells, row by row, so a row's seed is fixed while its scales fill in.
     t0 = time.perf_counter()
@@ -149,8 +148,8 @@ def _wanted(prompt: str) -> dict[str, int] | None:
     """What the prompt asks the evaluator to see (attribute -> class), or None when it asks for nothing it knows."""
     from studio.shapes import scenes
 
-    wanted = scenes.parse_prompt(prompt)
-    return wanted if any(v >= 0 for v in wanted.values()) else None
+    asked = scenes.asked_attributes(prompt)
+    return {**{k: -1 for k in scenes.LABEL_KEYS}, **asked} if asked else None
 
 
 def _column_metrics(judge, wanted: dict[str, int] | None, images: list[np.ndarray]) -> dict[str, float | None]:

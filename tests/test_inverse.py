@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
 from studio.errors import RequestError

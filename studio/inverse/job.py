@@ -47,14 +47,6 @@ class InverseRequest:
     notices: list[str] = field(default_factory=list)
 
 
-def _to_tensor(image: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return previews.to_uint8(x)
-
-
 def _rgb(image, name: str) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
@@ -104,12 +96,12 @@ def build_measurement(req: InverseRequest, size: int, device) -> tuple:
         op = get_operator(req.operator, **({"factor": req.factor} if req.operator == "super_resolution" else {}))
     g = torch.Generator().manual_seed(req.seed)
     if req.from_clean:
-        clean = _to_tensor(_resized(image, size, "image", req.notices), device)
+        clean = previews.from_uint8(_resized(image, size, "image", req.notices)[None], device)
         y = op.measure(clean, req.sigma, g)
     else:
         clean = None
         small = size // req.factor if req.operator == "super_resolution" else size
-        y = _to_tensor(_resized(image, small, "measurement", req.notices), device)
+        y = previews.from_uint8(_resized(image, small, "measurement", req.notices)[None], device)
         if mask is not None:
             y = op.forward(y)
     return op, y, clean, mask
@@ -172,7 +164,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
             residual = y - op.forward(out.float())
         metrics[f"{name}_residual_rms"] = float(residual.pow(2).flatten(1).mean(1).sqrt().mean())
         if clean is not None:
-            for k, v in scores(_to_uint8(clean)[0], _to_uint8(out)[0], mask).items():
+            for k, v in scores(previews.to_uint8(clean)[0], previews.to_uint8(out)[0], mask).items():
                 metrics[f"{name}_{k}"] = v
     pil = previews.to_pil(torch.cat([im[:1] for im in images]))
     paths = _save(manager, model, req, zeta, {"DPS": pil[0], "baseline": pil[1]} if req.baseline else {"DPS": pil[0]})

@@ -39,8 +39,13 @@ def latent_family(vae_config: dict, unet_config: dict) -> str | None:
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(N, 3, H, W) in [-1, 1] -> PIL images."""
-    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
+    return [Image.fromarray(a) for a in to_uint8(images)]
+
+
+def from_uint8(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]; the inverse of to_uint8."""
+    t = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device)
+    return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def linear_preview(latents: torch.Tensor, factors: list[list[float]], bias: list[float]) -> list[Image.Image]:
@@ -59,7 +64,8 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
 def vae_decode_grad(vae, latents: torch.Tensor) -> torch.Tensor:
     """As vae_decode, differentiable (for guidance and DPS gradients through the decoder).
 
-    VAEs that overflow in fp16 (force_upcast, e.g. SDXL's) decode in fp32, as diffusers' pipelines do."""
+    VAEs that overflow in fp16 (force_upcast, e.g. SDXL's) are moved to fp32 once, at their first decode, and stay
+    there: switching back and forth per call would break gradients that still refer to the fp32 weights."""
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae.to(torch.float32)
     z = latents.to(vae.dtype) / vae.config.scaling_factor

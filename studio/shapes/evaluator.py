@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from studio.sampling.previews import from_uint8
 from studio.shapes import scenes
 
 HEADS: dict[str, int] = {
@@ -52,10 +53,7 @@ class AttributeClassifier(nn.Module):
         return {name: head(f) for name, head in self.heads.items()}
 
 
-def images_to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+images_to_tensor = from_uint8  # uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]
 
 
 def save_weights(model: nn.Module, folder: str | Path, config: dict, metrics: dict | None = None) -> None:

@@ -33,8 +33,6 @@ def classifier_guidance_rates(manager: ModelManager, scales: list[float], per_cl
             req = Txt2ImgRequest(model=str(SUITE), prompt="", guidance_scale=1.0, classifier_scale=scale,
                                  classifier_target=name, steps=steps, seed=500, batch_size=per_class, preview_every=0,
                                  save=False, sampler=evaluate.DEFAULT_SAMPLER)
-            if scale == 0:
-                req.classifier_target = ""
             result = [e for e in txt2img(manager, req) if isinstance(e, Result)][0]
             pred = ev.predict(judge, np.stack([np.asarray(im) for im in result.images]))
             hits[head].append(float((pred[head] == cls).mean()))

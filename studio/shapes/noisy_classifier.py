@@ -13,10 +13,10 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers.models.embeddings import get_timestep_embedding
 from safetensors.torch import load_file
 from torch import nn
 
@@ -50,16 +50,10 @@ class NoisyClassifier(nn.Module):
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(4 * cin, 256), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(256, n) for name, n in HEADS.items()})
 
-    def timestep_embedding(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.temb // 2
-        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
-        args = t.float()[:, None] * freqs[None]
-        return torch.cat([args.sin(), args.cos()], dim=1)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         if t.ndim == 0:
             t = t.expand(len(x))
-        e = self.time_mlp(self.timestep_embedding(t))
+        e = self.time_mlp(get_timestep_embedding(t.float(), self.temb, flip_sin_to_cos=False, downscale_freq_shift=0))
         h = x
         for conv, norm, proj in zip(self.convs, self.norms, self.time_proj):
             h = F.silu(norm(conv(h)) + proj(e)[:, :, None, None])

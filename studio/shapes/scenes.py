@@ -594,6 +594,11 @@ def parse_prompt(text: str) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def asked_attributes(text: str) -> dict[str, int]:
+    """Only what a prompt asks for: parse_prompt without the heads it leaves open (-1)."""
+    return {k: v for k, v in parse_prompt(text).items() if v >= 0}
+
+
 def make_scene(rng: np.random.Generator, size: int = 64, kind: str | None = None) -> Scene:
     """One random scene. kind: None (mix), "object" (single or multiple), "single", "multi" or "figure"."""
     if kind is None:
@@ -688,5 +693,5 @@ def canny_edges(image: np.ndarray, low: int = 100, high: int = 200) -> np.ndarra
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "POSITIONS", "POSES", "COUNT_WORDS", "LABEL_KEYS", "VOCABULARY",
     "SceneObject", "Figure", "Scene", "make_scene", "sample_scenes", "caption_for", "labels", "parse_prompt",
-    "canny_edges", "render_batch", "draw_object", "draw_figure", "tokenize",
+    "asked_attributes", "canny_edges", "render_batch", "draw_object", "draw_figure", "tokenize",
 ]
