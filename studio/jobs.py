@@ -11,6 +11,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from studio import metadata
 from studio.config import DEFAULT_MODEL, Limits
+from studio.control.controlnet import ControlInput, build_units, control_hook, validate_controls
 from studio.errors import RequestError
 from studio.events import Notice, Result, Step
 from studio.manager import LoadedModel, ModelManager
@@ -42,6 +43,7 @@ class Txt2ImgRequest:
     classifier_scale: float = 0.0  # classifier guidance (models with a noise-aware classifier: the embedded suite)
     classifier_target: str = ""  # what to steer toward, e.g. "red star" or "person"; empty: the prompt's attributes
     text_guidance_scale: float = 0.0  # text guidance: CLIP, or the suite's evaluator, on the decoded x0-hat
+    controls: tuple[ControlInput, ...] = ()  # ControlNets, with their control maps
     save: bool = True
 
 
@@ -62,6 +64,7 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
     for name, value in (("Classifier guidance scale", req.classifier_scale), ("Text guidance scale", req.text_guidance_scale)):
         if not 0 <= value <= limits.max_guidance:
             raise RequestError(f"{name} must be between 0 and {limits.max_guidance} (got {value}).")
+    validate_controls(req.controls)
     if req.preview_every < 0:
         raise RequestError(f"Preview every N steps must be 0 (off) or more (got {req.preview_every}).")
     if not -1 <= req.seed <= MAX_SEED:
@@ -207,6 +210,12 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
         scheduler, space, latents, seeds, generators = run.scheduler, run.space, run.latents, run.seeds, run.generators
         height, width = run.size
         cond = run.cond
+        hooks = guidance_hooks(model, req, scheduler, space, manager.clip() if req.text_guidance_scale > 0 else None)
+        units, notes = build_units(manager, model, req.controls, run.size, req.batch_size)
+        for text in notes:
+            yield Notice(text)
+        if units:
+            hooks.control = control_hook(units)
         # 6. Denoise, streaming x0-hat previews.
         every = req.preview_every
         factors = model.latent_rgb
@@ -215,7 +224,7 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
             unet_fn(pipe.unet), scheduler, space, latents, cond, req.guidance_scale,
             guidance_rescale=req.guidance_rescale,
             extra_step_kwargs=step_kwargs(scheduler, generators, req.eta),
-            hooks=guidance_hooks(model, req, scheduler, space, manager.clip() if req.text_guidance_scale > 0 else None),
+            hooks=hooks,
             cfg_interval=(req.cfg_start, req.cfg_end),
             want_x0=lambda i: every > 0 and (i % every == 0) and i < len(scheduler.timesteps),
             should_stop=manager.should_stop,
@@ -258,6 +267,8 @@ def _extras(req: Txt2ImgRequest) -> dict[str, str]:
             extra["Classifier target"] = req.classifier_target
     if req.text_guidance_scale > 0:
         extra["Text guidance"] = f"{req.text_guidance_scale:g}"
+    for k, control in enumerate(req.controls):
+        extra[f"ControlNet {k}"] = control.describe()
     extra["Version"] = "diffusion-studio"
     return extra
 

@@ -74,6 +74,7 @@ class LoadedModel:
         return self.pipe.unet.config.sample_size * self.vae_scale_factor
 
 
+MAX_CONTROLNETS = 4  # ControlNets kept loaded (least recently used dropped first)
 CONFIG_SUFFIX = ".config"  # `model.safetensors` + `model.config`: a text file naming a diffusers folder for its configs
 
 
@@ -128,6 +129,7 @@ class ModelManager:
         # Held for a whole job. A plain Lock, not an RLock: Gradio may resume a generator on another thread.
         self._accelerator = threading.Lock()
         self._stop = threading.Event()
+        self._controlnets: OrderedDict[str, object] = OrderedDict()
 
     # ------------------------------------------------------------ budget
     @property
@@ -252,6 +254,22 @@ class ModelManager:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def controlnet(self, spec: str, model: LoadedModel):
+        """A ControlNetModel for a loaded base model, on its device; checked to fit that model (clear error if not)."""
+        from studio.control import controlnet
+
+        with self._lock:
+            key = controlnet.resolve_controlnet(spec, self.config)[0]
+            if key not in self._controlnets:
+                net = controlnet.load_controlnet(spec, self.config)
+                while len(self._controlnets) >= MAX_CONTROLNETS:
+                    self._controlnets.popitem(last=False)
+                self._controlnets[key] = net.to(model.pipe._execution_device)
+            self._controlnets.move_to_end(key)
+            net = self._controlnets[key]
+        controlnet.check_compatible(net, model.pipe.unet, spec, model.name)
+        return net.to(model.pipe._execution_device)
 
     def unload(self, spec: str | None = None) -> None:
         """Free one model (by spec), or all."""

@@ -1,4 +1,4 @@
-"""OpenPose COCO-18 body keypoint format and ControlNet-style pose map rendering."""
+"""OpenPose COCO-18 body keypoint format, ControlNet-style pose map rendering, pose presets and joint edits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import cv2
 import numpy as np
+
+from studio.errors import RequestError
 
 # OpenPose COCO-18 keypoint order.
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -33,6 +35,11 @@ COLOURS: tuple[tuple[int, int, int], ...] = (
     (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )
+
+# Pose presets: the poses of the training data's stick figures (studio.shapes.scenes.POSES), each also mirrored.
+MIRRORED = " (mirrored)"
+_TRAINING_POSES = ("standing", "arms up", "waving", "walking", "sitting")
+POSE_PRESETS: tuple[str, ...] = _TRAINING_POSES + tuple(p + MIRRORED for p in _TRAINING_POSES)
 
 
 def default_widths(size: tuple[int, int]) -> tuple[int, int]:
@@ -79,3 +86,30 @@ def render_pose_map(
         x, y = kp[i]
         cv2.circle(canvas, (int(x), int(y)), radius, COLOURS[i], thickness=-1)
     return canvas
+
+
+def preset_pose(name: str, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """(18, 2) float32 pixel keypoints of a preset on an (H, W) canvas, placed as the training figures are."""
+    from studio.shapes.scenes import pose_keypoints  # scenes imports this module: import when called
+
+    if name not in POSE_PRESETS:
+        raise RequestError(f"Unknown pose preset {name!r}. Presets: {', '.join(POSE_PRESETS)}.")
+    h, w = int(size[0]), int(size[1])
+    if min(h, w) < 16:
+        raise RequestError(f"A pose canvas needs at least 16 px a side (got {h}x{w}).")
+    pose = name.removesuffix(MIRRORED)
+    side = min(h, w)  # the figure fills a centred square, as in the square training images
+    kp = pose_keypoints(pose, side, mirrored=pose != name)
+    return (kp + np.array([(w - side) / 2, (h - side) / 2])).astype(np.float32)
+
+
+def move_joint(keypoints: np.ndarray, joint_name: str, x: float | None, y: float | None) -> np.ndarray:
+    """A copy of (18, 2) keypoints with one joint at pixel (x, y); NaN (or None) x or y removes the joint."""
+    if joint_name not in KEYPOINT_INDEX:
+        raise RequestError(f"Unknown joint {joint_name!r}. Joints: {', '.join(KEYPOINT_NAMES)}.")
+    kp = np.array(keypoints, dtype=np.float32)
+    if kp.shape != (len(KEYPOINT_NAMES), 2):
+        raise RequestError(f"A pose needs {len(KEYPOINT_NAMES)} (x, y) keypoints (got shape {kp.shape}).")
+    absent = x is None or y is None or math.isnan(x) or math.isnan(y)
+    kp[KEYPOINT_INDEX[joint_name]] = np.nan if absent else (x, y)
+    return kp

@@ -33,8 +33,8 @@ class Conditioning:
 class Hooks:
     """The loop's plug-in points. Each is optional; `needs_grad` turns gradients on for the model call."""
 
-    # (latent_model_input, t, encoder_hidden_states) -> dict of extra model kwargs (ControlNet residuals)
-    control: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
+    # (latent_model_input, t, encoder_hidden_states, added_cond_kwargs, i, n) -> extra model kwargs (ControlNet residuals)
+    control: Callable[..., dict[str, Any]] | None = None
     # (state) -> adjusted model output, e.g. eps - sqrt(1 - a) * s * grad log p(y | x_t)
     guidance: Callable[["LoopState"], torch.Tensor] | None = None
     # (state, next_latents) -> corrected next latents, e.g. a DPS measurement step
@@ -153,7 +153,7 @@ def denoise(
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             if hasattr(scheduler, "scale_model_input"):
                 model_input = scheduler.scale_model_input(model_input, t)
-            control = hooks.control(model_input, t, embeds) if hooks.control else {}
+            control = hooks.control(model_input, t, embeds, added, i, n) if hooks.control else {}
             output = model(model_input, t, embeds, added, control)
             # 3. Classifier-free guidance.
             if do_cfg:

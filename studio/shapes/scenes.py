@@ -289,25 +289,36 @@ _BODY_LIMBS = [
 ]
 
 
+def _place(unit: np.ndarray, size: int, scale: float, shift: tuple[float, float]) -> tuple[np.ndarray, float]:
+    """(pixel keypoints, scale used): a unit pose scaled (shrunk to fit), centred, shifted, kept inside the margins."""
+    k = size / 64.0
+    margin = 3.0 * k
+    lo = np.minimum(unit.min(axis=0), [-_HEAD_R, 0.0])
+    extent = unit.max(axis=0) - lo
+    scale = min(scale, (size - 2 * margin - 3 * k) / extent.max())  # margin for limb thickness
+    bw, bh = extent * scale
+    x0 = float(np.clip((size - bw) / 2 + shift[0], margin, size - margin - bw))
+    y0 = float(np.clip((size - bh) / 2 + shift[1], margin, size - margin - bh))
+    return (unit - lo) * scale + np.array([x0, y0]), scale
+
+
+def pose_keypoints(pose: str, size: int = 64, mirrored: bool = False) -> np.ndarray:
+    """(18, 2) float32 pixel keypoints of a training figure's pose, centred at the mid scale, no jitter or noise."""
+    if pose not in _POSE_UNIT:
+        raise ValueError(f"unknown pose {pose!r}; poses: {', '.join(POSES)}")
+    unit = _MIRRORED[pose] if mirrored else _POSE_UNIT[pose]
+    kp, _ = _place(unit, size, 47.0 * size / 64.0, (0.0, 0.0))
+    return kp.astype(np.float32)
+
+
 def _figure(rng: np.random.Generator, size: int, dark_bg: bool) -> tuple[Figure, dict]:
     k = size / 64.0
     pose = POSES[rng.integers(len(POSES))]
     colour = COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
     unit = _MIRRORED[pose] if rng.random() < 0.5 else _POSE_UNIT[pose]
     scale = rng.uniform(40.0, 54.0) * k
-    margin = 3.0 * k
-    lo = unit.min(axis=0) - np.array([0.0, 0.0])
-    hi = unit.max(axis=0)
-    lo = np.minimum(lo, [-_HEAD_R, 0.0])
-    # fit inside the image (with margin for limb thickness)
-    extent = hi - lo
-    fit = (size - 2 * margin - 3 * k) / extent.max()
-    scale = min(scale, fit)
-    bw, bh = extent * scale
     jx, jy = rng.uniform(-4.0, 4.0, size=2) * k
-    x0 = float(np.clip((size - bw) / 2 + jx, margin, size - margin - bw))
-    y0 = float(np.clip((size - bh) / 2 + jy, margin, size - margin - bh))
-    kp = (unit - lo) * scale + np.array([x0, y0])
+    kp, scale = _place(unit, size, scale, (jx, jy))
     kp = kp + rng.uniform(-1.0, 1.0, size=kp.shape) * k
     fig = Figure(colour=colour, pose=pose, keypoints=kp.astype(np.float32))
     return fig, {"scale": scale, "dark": dark_bg}
@@ -693,5 +704,5 @@ def canny_edges(image: np.ndarray, low: int = 100, high: int = 200) -> np.ndarra
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "POSITIONS", "POSES", "COUNT_WORDS", "LABEL_KEYS", "VOCABULARY",
     "SceneObject", "Figure", "Scene", "make_scene", "sample_scenes", "caption_for", "labels", "parse_prompt",
-    "asked_attributes", "canny_edges", "render_batch", "draw_object", "draw_figure", "tokenize",
+    "asked_attributes", "canny_edges", "render_batch", "draw_object", "draw_figure", "pose_keypoints", "tokenize",
 ]
