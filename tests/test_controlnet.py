@@ -118,3 +118,37 @@ def test_missing_or_wrong_controlnet_paths(manager, controlnets, tmp_path):
         run(manager, steps=2, controls=(ControlInput(str(tmp_path / "notcn"), control_map(1, (32, 32))),))
     with pytest.raises(ModelError, match="offline"):
         run(manager, steps=2, controls=(ControlInput("lllyasviel/sd-controlnet-canny", control_map(1, (32, 32))),))
+
+
+def test_page_makes_each_kind_of_map_at_the_image_size():
+    from studio.control.pose import preset_pose
+    from studio.control.annotators import pose_to_json
+    from studio.ui.controlnet import make_map
+
+    size = (64, 64)
+    drawing = np.full((512, 512, 4), 0, np.uint8)  # a sketchpad layer: transparent, with black strokes
+    drawing[100:110, 80:400, 3] = 255
+    sketch = make_map("Sketch", None, 100, 200, {"composite": drawing}, "", None, size=size)
+    assert sketch.shape == (64, 64, 3) and sketch[13, 10:50, 0].min() == 255 and sketch[40:, :, 0].max() == 0
+    photo = np.zeros((300, 300, 3), np.uint8)
+    photo[75:225, 75:225] = 255
+    edges = make_map("Image → Canny edges", photo, 100, 200, None, "", None, size=size)
+    assert edges.shape == (64, 64, 3) and edges[..., 0].max() == 255 and edges[30:34, 30:34].max() == 0
+    text = pose_to_json(preset_pose("waving", (128, 128)), (128, 128))  # drawn on a 128 px canvas
+    pose = make_map("Pose", None, 100, 200, None, text, None, size=size)
+    expected = make_map("Pose", None, 100, 200, None, pose_to_json(preset_pose("waving"), size), None, size=size)
+    assert np.abs(pose.astype(int) - expected).mean() < 12  # the same figure, scaled from its canvas
+    ready = np.full((64, 64, 3), 7, np.uint8)
+    assert make_map("Ready-made map", None, 100, 200, None, "", ready, size=size) is not None
+
+
+@pytest.mark.parametrize("source, message", [
+    ("Sketch", "draw something"), ("Image → Canny edges", "upload an image"), ("Pose", "not an OpenPose pose file"),
+    ("Ready-made map", "drop a control map"),
+])
+def test_page_says_what_a_map_is_missing(source, message):
+    from studio.ui.controlnet import make_map
+
+    empty_sketch = {"composite": np.zeros((512, 512, 4), np.uint8)}
+    with pytest.raises(RequestError, match=message):
+        make_map(source, None, 100, 200, empty_sketch, "{broken", None, size=(64, 64))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
 from studio.errors import RequestError
@@ -27,7 +28,7 @@ def run(manager, **kw) -> tuple[list, Result]:
 def test_zeta_zero_gives_exactly_the_unguided_sample(manager):
     image = np.zeros((32, 32, 3), np.uint8)
     _, result = run(manager, image=image, model="tiny-sd", operator="super_resolution", factor=2, zeta=0.0, steps=3,
-                    sampler="DDIM", seed=5, baseline=False, preview_every=0)
+                    sampler="DDIM", seed=5, baseline=False, preview_every=0, strength=1.0)
     plain = list(txt2img(manager, Txt2ImgRequest(model="tiny-sd", prompt="", guidance_scale=1.0, steps=3, sampler="DDIM",
                                                  seed=5, save=False, preview_every=0)))[-1]
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(plain.images[0]))
@@ -35,11 +36,21 @@ def test_zeta_zero_gives_exactly_the_unguided_sample(manager):
 
 def test_streams_residual_and_previews(manager):
     events, result = run(manager, image=np.zeros((32, 32, 3), np.uint8), model="tiny-sd", operator="gaussian_blur",
-                         kernel_size=5, intensity=1.0, steps=4, sampler="DDIM", preview_every=2, baseline=True)
+                         kernel_size=5, intensity=1.0, steps=4, sampler="DDIM", preview_every=2, baseline=True, strength=1.0)
     steps = [e for e in events if isinstance(e, Step)]
     assert len(steps) == 4 and all("residual_rms" in s.metrics for s in steps)
     assert [s.i for s in steps if s.preview] == [2, 4] and len(steps[1].preview) == 2  # x0-hat and current sample
     assert len(result.images) == 4 and "baseline_psnr" in result.metrics
+
+
+@pytest.mark.parametrize("sampler", ["DDPM", "DDIM", "Euler a", "DPM++ 2M"])
+def test_starting_half_way_runs_the_last_half_of_the_schedule(manager, sampler):
+    events, result = run(manager, image=np.full((32, 32, 3), 90, np.uint8), model="tiny-sd", operator="inpainting", box=0.5,
+                         steps=6, sampler=sampler, strength=0.5, baseline=False, preview_every=0)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [s.i for s in steps] == [1, 2, 3] and all(s.n == 3 for s in steps)
+    assert "start_psnr_hole" in result.metrics and result.metrics["strength"] == 0.5
+    assert "DPS strength: 0.5" in Image.open(result.paths[0]).info["parameters"]
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +62,16 @@ def test_dps_residual_is_far_below_the_unguided_one(suite_manager):
     kw = dict(image=clean_image(3), model=SUITE, operator="super_resolution", factor=4, steps=20, seed=1, baseline=False,
               preview_every=0, batch_size=2)
     _, guided = run(suite_manager, **kw)
-    _, free = run(suite_manager, zeta=0.0, **kw)
+    _, free = run(suite_manager, zeta=0.0, strength=1.0, **kw)  # an unguided sample
+    _, started = run(suite_manager, zeta=0.0, **kw)  # the same start from the measurement, without DPS's corrections
     assert guided.metrics["dps_residual_rms"] < 0.5 * free.metrics["dps_residual_rms"], (guided.metrics, free.metrics)
+    assert guided.metrics["dps_residual_rms"] < 0.9 * started.metrics["dps_residual_rms"], (guided.metrics, started.metrics)
+    assert guided.metrics["dps_residual_rms"] < 1.5 * 0.05  # near the noise level (sigma 0.05)
 
 
 @pytest.mark.parametrize("changes, words", [
     ({"sigma": 2.0}, "sigma must be between 0 and 1"),
+    ({"strength": 0.0}, "strength must be above 0"),
     ({"hole": np.zeros((32, 32), np.uint8)}, None),  # an empty painted mask falls back to the box: not an error
     ({"box": 0.0}, "no hole"),
     ({"box": 1.0}, "covers the whole image"),

@@ -56,12 +56,18 @@ def canny(image, low: int = 100, high: int = 200) -> np.ndarray:
 
 
 @register_annotator("scribble")
-def scribble(image, threshold: int = 128, width: int | None = None) -> np.ndarray:
-    """A hand drawing (dark strokes on a light ground, or light on dark) as white strokes on black."""
+def scribble(image, threshold: int = 128, width: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A hand drawing (dark strokes on a light ground, or light on dark) as white strokes on black.
+
+    With `size` (H, W), the strokes are drawn at the drawing's resolution, then shrunk and made binary again, so a
+    512 px sketch becomes the thin, crisp lines that edge ControlNets take at the image size.
+    """
     gray = cv2.cvtColor(as_rgb(image), cv2.COLOR_RGB2GRAY)
     strokes = gray < threshold if np.median(gray) >= threshold else gray >= threshold
     width = width or max(1, round(min(gray.shape) / 64))
     mask = cv2.dilate(strokes.astype(np.uint8) * 255, np.ones((width, width), np.uint8)) if width > 1 else strokes.astype(np.uint8) * 255
+    if size is not None and mask.shape != tuple(size):
+        mask = ((cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA) > 60) * 255).astype(np.uint8)
     return np.repeat(mask[..., None], 3, axis=2)
 
 

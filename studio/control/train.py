@@ -57,8 +57,15 @@ def control_maps(kind: str, seed: int, n: int) -> tuple[np.ndarray, np.ndarray, 
                 control = sketchy(control, rng)
         images.append(scene.image)
         maps.append(control)
-        captions.append(scene.caption)
+        captions.append(scene.caption if kind != "pose" or rng.random() < 0.5 else _without_pose(scene, rng))
     return np.stack(images), np.stack(maps), captions
+
+
+def _without_pose(scene, rng: np.random.Generator) -> str:
+    """A figure caption that does not say the pose ("a woman in a red shirt"): then only the map can tell the limbs."""
+    colour = scene.figure.colour
+    subject = ("a person", "a man", "a woman", "a figure", "someone")[rng.integers(5)]
+    return f"{subject} in {'an' if colour[0] in 'aeiou' else 'a'} {colour} {('shirt', 'top')[rng.integers(2)]}"
 
 
 def build_controlnet(unet) -> ControlNetModel:
@@ -78,17 +85,8 @@ def train(args) -> None:
     controlnet.to(device).train()
     state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else {"step": 0}
 
-    # Data: latents, text embeddings and control maps of a fixed pool, computed once (all frozen parts).
-    images, maps, captions = control_maps(args.kind, args.seed, args.data)
-    with torch.no_grad():
-        px = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        latents = torch.cat([vae.encode(px[i:i + 512].to(device)).latent_dist.mean for i in range(0, len(px), 512)])
-        latents = latents * vae.config.scaling_factor
-        ids = tokenize(pipe.tokenizer, captions)
-        embeds = torch.cat([text_encoder(ids[i:i + 1024].to(device))[0] for i in range(0, len(ids), 1024)])
-        empty = text_encoder(tokenize(pipe.tokenizer, [""]).to(device))[0]
-    control = torch.from_numpy(maps).to(device)
-    log(out, {"stage": "data", "kind": args.kind, "scenes": args.data, "seconds": round(time.time() - t_start, 1)})
+    latents, embeds, empty, control = _pool(args, pipe, vae, text_encoder, device, out)
+    log(out, {"stage": "data", "kind": args.kind, "scenes": len(latents), "seconds": round(time.time() - t_start, 1)})
 
     opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=1e-2)
     if resume and (out / "optimizer.pt").exists():
@@ -130,6 +128,27 @@ def train(args) -> None:
     if args.export:
         ControlNetModel.from_pretrained(out / "controlnet").save_pretrained(args.export, safe_serialization=True)
         print(f"exported {args.kind} ControlNet to {args.export}", flush=True)
+
+
+def _pool(args, pipe, vae, text_encoder, device, out: Path):
+    """Latents, text embeddings and control maps of a fixed pool (all frozen parts), computed once and cached in --out."""
+    cache = out / "pool.pt"
+    if cache.exists():
+        pool = torch.load(cache, weights_only=True)
+        if pool["kind"] == KINDS.index(args.kind) and len(pool["latents"]) == args.data and pool["seed"] == args.seed:
+            return (pool["latents"].to(device), pool["embeds"].to(device), pool["empty"].to(device), pool["control"].to(device))
+    images, maps, captions = control_maps(args.kind, args.seed, args.data)
+    with torch.no_grad():
+        px = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents = torch.cat([vae.encode(px[i:i + 512].to(device)).latent_dist.mean for i in range(0, len(px), 512)])
+        latents = latents * vae.config.scaling_factor
+        ids = tokenize(pipe.tokenizer, captions)
+        embeds = torch.cat([text_encoder(ids[i:i + 1024].to(device))[0] for i in range(0, len(ids), 1024)])
+        empty = text_encoder(tokenize(pipe.tokenizer, [""]).to(device))[0]
+    control = torch.from_numpy(maps).to(device)
+    torch.save({"kind": KINDS.index(args.kind), "seed": args.seed, "latents": latents.cpu(), "embeds": embeds.cpu(),
+                "empty": empty.cpu(), "control": control.cpu()}, cache)
+    return latents, embeds, empty, control
 
 
 def _save(controlnet: ControlNetModel, opt, out: Path, step: int) -> None:

@@ -18,7 +18,7 @@ from studio.inverse.operators import box_mask, get_operator, random_mask
 from studio.jobs import prepare, unet_fn
 from studio.manager import ModelManager
 from studio.sampling import previews
-from studio.sampling.loop import Hooks, denoise, step_kwargs
+from studio.sampling.loop import Hooks, denoise, start_index, step_kwargs
 
 
 @dataclass
@@ -33,7 +33,8 @@ class InverseRequest:
     angle: float = 30.0  # motion blur direction (degrees)
     factor: int = 4  # super-resolution factor
     sigma: float = 0.05  # measurement noise, on the [-1, 1] scale
-    zeta: float | None = None  # DPS step size; None: the official per-task value scaled to the number of steps
+    zeta: float | None = None  # DPS step size; None: the per-task default (dps.DEFAULT_ZETA)
+    strength: float = dps.DEFAULT_STRENGTH  # DPS starts from the measurement's estimate noised this far; 1 = pure noise
     from_clean: bool = True  # False: `image` already is the measurement
     model: str = DEFAULT_MODEL
     prompt: str = ""
@@ -71,6 +72,8 @@ def build_measurement(req: InverseRequest, size: int, device) -> tuple:
     """(operator, y, clean or None, pixel mask or None); resizing what does not fit, and saying so in req.notices."""
     if not 0 <= req.sigma <= 1:
         raise RequestError(f"Noise sigma must be between 0 and 1 on the [-1, 1] scale (got {req.sigma}).")
+    if not 0 < req.strength <= 1:
+        raise RequestError(f"Start strength must be above 0 and at most 1 (1 = from pure noise; got {req.strength}).")
     image = _rgb(req.image, "image")
     mask = None
     if req.operator == "inpainting":
@@ -136,12 +139,19 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         for text in req.notices:
             yield Notice(text)
         y = y.expand(req.batch_size, -1, -1, -1)
-        zeta = dps.default_zeta(req.operator, req.steps) if req.zeta is None else req.zeta
+        zeta = dps.default_zeta(req.operator) if req.zeta is None else req.zeta
         decode = lambda z: previews.vae_decode_grad(pipe.vae, z)  # noqa: E731
         outputs = {}
         # 2. DPS through the one loop, gradients on for the model call.
         correction = dps.DPSCorrection(op, y, decode, zeta)
-        outputs["dps"] = yield from _sample(manager, model, req, Hooks(correction=correction, needs_grad=True), "DPS")
+        start = None
+        if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
+            with torch.no_grad():
+                start = pipe.vae.encode(op.estimate(y).to(pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+        outputs["dps"] = yield from _sample(manager, model, req, Hooks(correction=correction, needs_grad=True), "DPS",
+                                            start=start)
+        if start is not None and req.operator == "inpainting":
+            outputs["start"] = op.estimate(y)  # scored too: what DPS improved on
         # 3. The baseline.
         if req.baseline:
             if req.operator == "inpainting":
@@ -151,14 +161,12 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
                 blend = dps.MaskBlend(known, dps.latent_mask(mask.to(device), known.shape[-2:]), run.scheduler,
                                       torch.Generator().manual_seed(req.seed + 1))
                 outputs["baseline"] = yield from _sample(manager, model, req, Hooks(correction=blend), "Baseline", run)
-            elif req.operator == "super_resolution":
-                outputs["baseline"] = dps.bicubic_upsample(y, req.factor)
-            else:
-                outputs["baseline"] = y.clamp(-1, 1)
+            else:  # bicubic for super-resolution, the measurement itself for deblurring
+                outputs["baseline"] = op.estimate(y)
     # 4. Scores and residuals.
     shown = show_measurement(y, req.operator, size)
     images = [outputs["dps"], outputs.get("baseline", shown), shown] + ([clean.expand_as(shown)] if clean is not None else [])
-    metrics: dict[str, float] = {"zeta": zeta, "sigma": req.sigma}
+    metrics: dict[str, float] = {"zeta": zeta, "sigma": req.sigma, "strength": req.strength}
     for name, out in outputs.items():
         with torch.no_grad():
             residual = y - op.forward(out.float())
@@ -175,7 +183,8 @@ def _save(manager, model, req: InverseRequest, zeta: float, images: dict) -> lis
     """Nothing is lost: the DPS result and the baseline go to the outputs folder with their settings."""
     from studio import metadata
 
-    extra = {"Inverse problem": req.operator, "Noise sigma": f"{req.sigma:g}", "DPS zeta": f"{zeta:g}"}
+    extra = {"Inverse problem": req.operator, "Noise sigma": f"{req.sigma:g}", "DPS zeta": f"{zeta:g}",
+             "DPS strength": f"{req.strength:g}"}
     if req.operator == "super_resolution":
         extra["SR factor"] = str(req.factor)
     elif req.operator == "gaussian_blur":
@@ -191,16 +200,24 @@ def _save(manager, model, req: InverseRequest, zeta: float, images: dict) -> lis
     return paths
 
 
-def _sample(manager, model, req: InverseRequest, hooks: Hooks, phase: str, run=None):
-    """One run of the loop with the given hooks; yields Steps, returns the decoded images in [-1, 1]."""
+def _sample(manager, model, req: InverseRequest, hooks: Hooks, phase: str, run=None, start=None):
+    """One run of the loop with the given hooks; yields Steps, returns the decoded images in [-1, 1].
+
+    With `start` (UNet latents), the run begins part way (req.strength), from `start` noised to that timestep."""
     pipe = model.pipe
     size = model.default_size
     run = run or prepare(model, req.prompt, "", req.guidance_scale, req.sampler, req.steps, req.seed, req.batch_size, (size, size))
-    latents, t0 = run.latents, time.perf_counter()
+    latents, t0, begin = run.latents, time.perf_counter(), 0
+    if start is not None:
+        begin = start_index(run.scheduler, req.steps, req.strength)
+        if hasattr(run.scheduler, "set_begin_index"):
+            run.scheduler.set_begin_index(begin)
+        noise = run.latents / run.scheduler.init_noise_sigma
+        latents = run.scheduler.add_noise(start.expand_as(noise).to(noise), noise, run.scheduler.timesteps[begin:begin + 1])
     every = req.preview_every
-    for state in denoise(unet_fn(pipe.unet), run.scheduler, run.space, run.latents, run.cond, req.guidance_scale,
+    for state in denoise(unet_fn(pipe.unet), run.scheduler, run.space, latents, run.cond, req.guidance_scale,
                          extra_step_kwargs=step_kwargs(run.scheduler, run.generators), hooks=hooks,
-                         want_x0=lambda i: every > 0 and i % every == 0, should_stop=manager.should_stop):
+                         want_x0=lambda i: every > 0 and i % every == 0, should_stop=manager.should_stop, begin=begin):
         latents = state.next_latents
         preview = None
         if state.x0_hat is not None and every > 0 and state.i % every == 0:

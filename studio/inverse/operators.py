@@ -41,6 +41,10 @@ class Operator(ABC):
     @abstractmethod
     def transpose(self, y: torch.Tensor) -> torch.Tensor: ...
 
+    def estimate(self, y: torch.Tensor) -> torch.Tensor:
+        """A crude image from the measurement (the classical answer; DPS may start from it): here y itself."""
+        return y.clamp(-1, 1)
+
     def measure(self, x: torch.Tensor, sigma: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
         """y = A x + sigma * n, n standard normal."""
         clean = self.forward(x)
@@ -63,6 +67,12 @@ class Inpainting(Operator):
 
     def transpose(self, y):
         return y * self.mask.to(y)
+
+    def estimate(self, y):
+        """The known pixels, with the hole filled by their mean colour."""
+        mask = self.mask.to(y)
+        fill = (y * mask).sum((2, 3), keepdim=True) / mask.sum((2, 3), keepdim=True).clamp_min(1)
+        return (y * mask + fill * (1 - mask)).clamp(-1, 1)
 
 
 def box_mask(size: int, box: float = 0.5, centre: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
@@ -148,3 +158,7 @@ class SuperResolution(Operator):
 
     def transpose(self, y):
         return F.interpolate(y, scale_factor=self.factor, mode="nearest") / self.factor**2
+
+    def estimate(self, y):
+        """Bicubic upsampling."""
+        return F.interpolate(y, scale_factor=self.factor, mode="bicubic", align_corners=False).clamp(-1, 1)

@@ -99,6 +99,11 @@ def predict_x0(scheduler, space: str, latents: torch.Tensor, model_output: torch
     raise ValueError(f"Unsupported prediction type {kind!r}")
 
 
+def start_index(scheduler, steps: int, strength: float) -> int:
+    """Where a run that starts from a noised image begins (diffusers' img2img rule): strength 1 = from pure noise."""
+    return (steps - min(int(steps * strength), steps)) * getattr(scheduler, "order", 1)
+
+
 def step_kwargs(scheduler, generator, eta: float = 0.0) -> dict[str, Any]:
     """`eta` and `generator` for the schedulers whose step takes them (DDIM, ancestral samplers)."""
     params = set(inspect.signature(scheduler.step).parameters)
@@ -124,12 +129,15 @@ def denoise(
     hooks: Hooks | None = None,
     want_x0: Callable[[int], bool] = lambda i: False,
     should_stop: Callable[[], bool] = lambda: False,
+    begin: int = 0,
 ) -> Iterator[LoopState]:
     """Run the scheduler's timesteps (set them first); yield a LoopState after each step.
 
     `want_x0(i)` says when to compute x0-hat (previews); hooks get it whenever they are present.
     `cfg_interval` (start, end), as fractions of the run: CFG applies on those steps only; elsewhere the prompt's
     prediction alone is used (and the unconditional branch is not computed).
+    `begin` skips the first timesteps (img2img-style starts: see `start_index`); the latents must be noised to
+    the first timestep run.
     Raises Cancelled between steps once `should_stop()` is true.
     """
     hooks = hooks or Hooks()
@@ -139,7 +147,9 @@ def denoise(
     if use_cfg:
         both = torch.cat([cond.negative, cond.embeds])
         both_added = {k: torch.cat([cond.negative_added[k], v]) for k, v in cond.added.items()} if cond.added else None
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps[begin:]
+    if begin and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
     n = len(timesteps)
     for i, t in enumerate(timesteps):
         if should_stop():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.studio import Studio
-from studio.ui import generate, inverse, sweep
+from studio.ui import controlnet, generate, inverse, sweep
 from studio.ui.common import CSS
 
 TITLE = "Diffusion Studio"
@@ -17,6 +17,8 @@ def build(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 generate.build(studio)
+            with gr.Tab("ControlNet", id="controlnet"):
+                controlnet.build(studio)
             with gr.Tab("Guidance sweep", id="sweep"):
                 sweep.build(studio)
             with gr.Tab("Inverse problems", id="inverse"):

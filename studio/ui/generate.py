@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
@@ -89,34 +90,11 @@ def build(studio: Studio) -> None:
     form = [model, prompt, negative, sampler, steps, cfg, rescale, seed, width, height, batch, preview_every,
             cfg_start, cfg_end, classifier_scale, classifier_target, text_scale]
 
+    out = Outputs(live, progress, gallery, history, used_seed, infotext)
+
     def run(*values):
         *form_values, past = values
-        req = request_from_form(form_values)
-        shown = list(past)
-
-        def on_event(event) -> dict:
-            if isinstance(event, Step):
-                text = f"Step {event.i}/{event.n} · {event.metrics.get('it_per_s', 0):.1f} it/s"
-                if "guidance_log_prob" in event.metrics:
-                    text += f" · guidance log p {event.metrics['guidance_log_prob']:.2f}"
-                update = {progress: status(text)}
-                if event.preview:
-                    update[live] = tile(event.preview)
-                return update
-            if isinstance(event, Notice):
-                return {progress: status(event.text)}
-            assert isinstance(event, Result)
-            items = [(str(p), f"seed {s}") for p, s in zip(event.paths, event.seeds)] or [(im, f"seed {s}") for im, s in zip(event.images, event.seeds)]
-            shown[:0] = items
-            where = f" · saved to {Path(event.paths[0]).parent}" if event.paths else ""
-            return {live: tile(event.images), gallery: shown, history: shown, used_seed: event.seeds[0],
-                    infotext: event.infotexts[0],
-                    progress: status(f"Done: {len(event.images)} image(s) in {event.metrics['seconds']:.1f} s{where}", "ok")}
-
-        def on_error(text: str, kind: str) -> dict:
-            return {progress: status(text, kind)}
-
-        yield from guarded(jobs.txt2img(studio.manager, req), on_event, on_error)
+        yield from job_updates(jobs.txt2img(studio.manager, request_from_form(form_values)), past, out)
 
     generate.click(run, form + [history], [live, progress, gallery, history, used_seed, infotext],
                    concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="generate")
@@ -159,6 +137,46 @@ def build(studio: Studio) -> None:
         return [values[k] for k in FIELDS] + [status(f"Settings loaded (seed {req.seed}).{note}", "ok")]
 
     settings_png.upload(load_settings, settings_png, form + [progress], queue=False)
+
+
+class Outputs(NamedTuple):
+    """The widgets a text-to-image job streams into (Generate and ControlNet tabs)."""
+
+    live: gr.Image
+    progress: gr.Markdown
+    gallery: gr.Gallery
+    history: gr.State
+    used_seed: gr.Number
+    infotext: gr.Textbox
+
+
+def job_updates(events, past: list, out: Outputs):
+    """A txt2img job's events as widget updates: live x0-hat, step/it/s line, then the gallery; errors as messages."""
+    shown = list(past)
+
+    def on_event(event) -> dict:
+        if isinstance(event, Step):
+            text = f"Step {event.i}/{event.n} · {event.metrics.get('it_per_s', 0):.1f} it/s"
+            if "guidance_log_prob" in event.metrics:
+                text += f" · guidance log p {event.metrics['guidance_log_prob']:.2f}"
+            update = {out.progress: status(text)}
+            if event.preview:
+                update[out.live] = tile(event.preview)
+            return update
+        if isinstance(event, Notice):
+            return {out.progress: status(event.text)}
+        assert isinstance(event, Result)
+        items = [(str(p), f"seed {s}") for p, s in zip(event.paths, event.seeds)] or [(im, f"seed {s}") for im, s in zip(event.images, event.seeds)]
+        shown[:0] = items
+        where = f" · saved to {Path(event.paths[0]).parent}" if event.paths else ""
+        return {out.live: tile(event.images), out.gallery: shown, out.history: shown, out.used_seed: event.seeds[0],
+                out.infotext: event.infotexts[0],
+                out.progress: status(f"Done: {len(event.images)} image(s) in {event.metrics['seconds']:.1f} s{where}", "ok")}
+
+    def on_error(text: str, kind: str) -> dict:
+        return {out.progress: status(text, kind)}
+
+    yield from guarded(events, on_event, on_error)
 
 
 def request_from_form(values) -> Txt2ImgRequest:

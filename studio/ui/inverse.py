@@ -51,8 +51,9 @@ def build(studio: Studio) -> None:
                 factor = gr.Radio([2, 4], value=start.factor, label="SR factor", visible=False, elem_id="inverse-factor")
             with gr.Row():
                 sigma = gr.Slider(0, 0.2, value=start.sigma, step=0.005, label="Noise sigma", info="on the [-1, 1] scale")
-                zeta = gr.Number(value=0, label="zeta (DPS step size)", info="0 or empty = the official per-task default, "
-                                 "scaled to the number of steps")
+                zeta = gr.Number(value=0, label="zeta (DPS step size)", info="0 or empty = the per-task default (1)")
+                strength = gr.Slider(0.05, 1, value=start.strength, step=0.05, label="Start strength", elem_id="inverse-strength",
+                                     info="DPS starts from the classical estimate noised this far; 1 = from pure noise")
             with gr.Row():
                 steps = gr.Slider(1, studio.config.limits.max_steps, value=start.steps, step=1, label="Steps",
                                   elem_id="inverse-steps")
@@ -93,7 +94,7 @@ def build(studio: Studio) -> None:
     sample_btn.click(new_sample, scene_seed, [editor, scene_seed], queue=False)
 
     def run(editor_value, measured, op, box_v, random_v, kernel_v, intensity_v, angle_v, factor_v, sigma_v, zeta_v,
-            steps_v, sampler_v, seed_v, prompt_v, cfg_v, model_v):
+            strength_v, steps_v, sampler_v, seed_v, prompt_v, cfg_v, model_v):
         residuals: list[dict] = []
         t0 = time.perf_counter()
 
@@ -103,6 +104,7 @@ def build(studio: Studio) -> None:
             req = InverseRequest(image=image, operator=op, hole=hole, box=float(box_v), random_missing=float(random_v),
                                  kernel_size=int(kernel_v), intensity=float(intensity_v), angle=float(angle_v),
                                  factor=int(factor_v), sigma=float(sigma_v), zeta=float(zeta_v) if zeta_v else None,
+                                 strength=float(strength_v),
                                  from_clean=not measured, model=model_v or "", prompt=prompt_v or "",
                                  guidance_scale=float(cfg_v), sampler=sampler_v, steps=int(steps_v), seed=int(seed_v or 0))
             yield from inverse(studio.manager, req)
@@ -139,7 +141,7 @@ def build(studio: Studio) -> None:
         yield from guarded(events(), on_event, on_error)
 
     run_btn.click(run, [editor, from_measurement, operator, box, random_missing, kernel, intensity, angle, factor, sigma, zeta,
-                        steps, sampler, seed, prompt, cfg, model], [live, plot, gallery, table, progress],
+                        strength, steps, sampler, seed, prompt, cfg, model], [live, plot, gallery, table, progress],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="inverse")
     stop.click(studio.manager.request_stop, None, None, queue=False)
 
