@@ -95,7 +95,7 @@ def train(args) -> None:
     step, budget, last_save = state["step"], Budget(args.minutes, args.steps, state["step"]), time.time()
     while not budget.done(step):
         for g in opt.param_groups:
-            g["lr"] = lr_at(args.lr, budget.fraction(step), step, warmup=0 if resume else 100)
+            g["lr"] = lr_at(args.lr, budget.fraction(step), step, warmup=1 if resume else 100)
         idx = torch.randint(0, len(latents), (args.batch,), device=device)
         cond = embeds[idx]
         drop = torch.rand(len(idx), device=device) < args.cond_drop  # unconditional samples: CFG still works

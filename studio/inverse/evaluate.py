@@ -34,7 +34,7 @@ def evaluate_task(manager: ModelManager, task: str, n: int, steps: int, zeta: fl
                              preview_every=0, **TASKS[task], **extra)
         result = [e for e in inverse(manager, req) if isinstance(e, Result)][0]
         rows.append(result.metrics)
-    keys = [k for k in rows[0] if k.startswith(("dps_", "baseline_", "start_"))]
+    keys = [k for k in rows[0] if k.startswith(("dps_", "baseline_", "start_", "clean_vae_"))]
     mean = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in keys}
     main = "psnr_hole" if task == "inpainting" else "psnr"
     mean["gain_db"] = round(mean[f"dps_{main}"] - mean[f"baseline_{main}"], 2)

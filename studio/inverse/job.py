@@ -110,6 +110,11 @@ def build_measurement(req: InverseRequest, size: int, device) -> tuple:
     return op, y, clean, mask
 
 
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> UNet latents (the posterior mean, scaled)."""
+    return vae.encode(images.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+
+
 def show_measurement(y: torch.Tensor, operator: str, size: int) -> torch.Tensor:
     """The measurement as a viewable image at full size (super-resolution inputs upscaled by nearest neighbour)."""
     if y.shape[-1] != size:
@@ -147,7 +152,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         start = None
         if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
             with torch.no_grad():
-                start = pipe.vae.encode(op.estimate(y).to(pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+                start = encode(pipe.vae, op.estimate(y))
         outputs["dps"] = yield from _sample(manager, model, req, Hooks(correction=correction, needs_grad=True), "DPS",
                                             start=start)
         if start is not None and req.operator == "inpainting":
@@ -157,12 +162,15 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
             if req.operator == "inpainting":
                 run = prepare(model, req.prompt, "", req.guidance_scale, req.sampler, req.steps, req.seed, req.batch_size, (size, size))
                 with torch.no_grad():
-                    known = pipe.vae.encode(y.to(pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+                    known = encode(pipe.vae, y)
                 blend = dps.MaskBlend(known, dps.latent_mask(mask.to(device), known.shape[-2:]), run.scheduler,
                                       torch.Generator().manual_seed(req.seed + 1))
                 outputs["baseline"] = yield from _sample(manager, model, req, Hooks(correction=blend), "Baseline", run)
             else:  # bicubic for super-resolution, the measurement itself for deblurring
                 outputs["baseline"] = op.estimate(y)
+        if clean is not None:  # the floor a latent model can reach: the clean image through the VAE
+            with torch.no_grad():
+                outputs["clean_vae"] = previews.vae_decode(pipe.vae, encode(pipe.vae, clean)).float()
     # 4. Scores and residuals.
     shown = show_measurement(y, req.operator, size)
     images = [outputs["dps"], outputs.get("baseline", shown), shown] + ([clean.expand_as(shown)] if clean is not None else [])

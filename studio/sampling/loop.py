@@ -100,8 +100,9 @@ def predict_x0(scheduler, space: str, latents: torch.Tensor, model_output: torch
 
 
 def start_index(scheduler, steps: int, strength: float) -> int:
-    """Where a run that starts from a noised image begins (diffusers' img2img rule): strength 1 = from pure noise."""
-    return (steps - min(int(steps * strength), steps)) * getattr(scheduler, "order", 1)
+    """Where a run that starts from a noised image begins (diffusers' img2img rule, but at least one step is run):
+    strength 1 = from pure noise."""
+    return (steps - max(1, min(int(steps * strength), steps))) * getattr(scheduler, "order", 1)
 
 
 def step_kwargs(scheduler, generator, eta: float = 0.0) -> dict[str, Any]:

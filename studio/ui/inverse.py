@@ -200,5 +200,6 @@ def score_table(metrics: dict[str, float]) -> pd.DataFrame:
         return round(metrics[key], digits) if key in metrics else "n/a"
 
     rows = [[label, fmt(f"{name}_psnr", 2), fmt(f"{name}_ssim", 3), fmt(f"{name}_psnr_hole", 2), fmt(f"{name}_residual_rms", 4)]
-            for name, label in (("dps", "DPS"), ("baseline", "baseline"))]
+            for name, label in (("dps", "DPS"), ("baseline", "baseline"), ("start", "DPS's start"),
+                                ("clean_vae", "clean through the VAE (floor)")) if f"{name}_residual_rms" in metrics]
     return pd.DataFrame(rows, columns=TABLE_HEADERS)
