@@ -179,6 +179,11 @@ class ModelManager:
                     "Stable Diffusion style UNet models (SD 1.x, 2.x, XL, Turbo and the embedded suite)."
                 )
         pipe.set_progress_bar_config(disable=True)
+        # Inference only: gradients (guidance, DPS) are taken with respect to latents, never weights; without this,
+        # every backward pass would also compute the weights' gradients (a third of a UNet backward, measured).
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
         return pipe
 
     def _place(self, pipe: DiffusionPipeline) -> None:

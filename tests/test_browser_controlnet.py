@@ -16,9 +16,14 @@ def _open(page, url):
 
 
 def _draw_star(page):
+    page.locator("#cn0-sketch").scroll_into_view_if_needed()
+    page.locator("#cn0-sketch button[aria-label='Brush']").click()  # the sketchpad draws once its brush is picked
+    page.keyboard.press("Escape")  # close the brush options
     canvas = page.locator("#cn0-sketch canvas").last
     box = canvas.bounding_box()
-    cx, cy, r = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.35, min(box["width"], box["height"]) * 0.17
+    side = min(box["width"], box["height"])  # the square drawing area sits in the middle of the editor
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    cx, cy, r = left + side * 0.3, top + side * 0.35, side * 0.17
     angles = np.linspace(-np.pi / 2, 3.5 * np.pi, 11)
     radii = np.where(np.arange(11) % 2 == 0, r, r * 0.45)
     points = [(cx + rr * np.cos(a), cy + rr * np.sin(a)) for a, rr in zip(angles, radii)]

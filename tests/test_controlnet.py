@@ -128,18 +128,22 @@ def test_page_makes_each_kind_of_map_at_the_image_size():
     size = (64, 64)
     drawing = np.full((512, 512, 4), 0, np.uint8)  # a sketchpad layer: transparent, with black strokes
     drawing[100:110, 80:400, 3] = 255
-    sketch = make_map("Sketch", None, 100, 200, {"composite": drawing}, "", None, size=size)
+    sketch = make_map("Sketch", None, 100, 200, {"composite": drawing}, None, "", None, size=size)
     assert sketch.shape == (64, 64, 3) and sketch[13, 10:50, 0].min() == 255 and sketch[40:, :, 0].max() == 0
+    paper = np.full((256, 256, 3), 255, np.uint8)  # an uploaded drawing: dark lines on white; it wins over the sketchpad
+    paper[200:206, 20:230] = 0
+    uploaded = make_map("Sketch", None, 100, 200, {"composite": drawing}, paper, "", None, size=size)
+    assert uploaded[50, 10:55, 0].min() == 255 and uploaded[13, :, 0].max() == 0
     photo = np.zeros((300, 300, 3), np.uint8)
     photo[75:225, 75:225] = 255
-    edges = make_map("Image → Canny edges", photo, 100, 200, None, "", None, size=size)
+    edges = make_map("Image → Canny edges", photo, 100, 200, None, None, "", None, size=size)
     assert edges.shape == (64, 64, 3) and edges[..., 0].max() == 255 and edges[30:34, 30:34].max() == 0
     text = pose_to_json(preset_pose("waving", (128, 128)), (128, 128))  # drawn on a 128 px canvas
-    pose = make_map("Pose", None, 100, 200, None, text, None, size=size)
-    expected = make_map("Pose", None, 100, 200, None, pose_to_json(preset_pose("waving"), size), None, size=size)
+    pose = make_map("Pose", None, 100, 200, None, None, text, None, size=size)
+    expected = make_map("Pose", None, 100, 200, None, None, pose_to_json(preset_pose("waving"), size), None, size=size)
     assert np.abs(pose.astype(int) - expected).mean() < 12  # the same figure, scaled from its canvas
     ready = np.full((64, 64, 3), 7, np.uint8)
-    assert make_map("Ready-made map", None, 100, 200, None, "", ready, size=size) is not None
+    assert make_map("Ready-made map", None, 100, 200, None, None, "", ready, size=size) is not None
 
 
 @pytest.mark.parametrize("source, message", [
@@ -151,4 +155,4 @@ def test_page_says_what_a_map_is_missing(source, message):
 
     empty_sketch = {"composite": np.zeros((512, 512, 4), np.uint8)}
     with pytest.raises(RequestError, match=message):
-        make_map(source, None, 100, 200, empty_sketch, "{broken", None, size=(64, 64))
+        make_map(source, None, 100, 200, empty_sketch, None, "{broken", None, size=(64, 64))

@@ -64,10 +64,10 @@ def scribble(image, threshold: int = 128, width: int | None = None, size: tuple[
     """
     gray = cv2.cvtColor(as_rgb(image), cv2.COLOR_RGB2GRAY)
     strokes = gray < threshold if np.median(gray) >= threshold else gray >= threshold
-    width = width or max(1, round(min(gray.shape) / 64))
+    width = width or max(1, round(min(gray.shape) / 128))
     mask = cv2.dilate(strokes.astype(np.uint8) * 255, np.ones((width, width), np.uint8)) if width > 1 else strokes.astype(np.uint8) * 255
     if size is not None and mask.shape != tuple(size):
-        mask = ((cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA) > 60) * 255).astype(np.uint8)
+        mask = ((cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA) > 110) * 255).astype(np.uint8)
     return np.repeat(mask[..., None], 3, axis=2)
 
 

@@ -16,7 +16,7 @@ ACCELERATOR = "accelerator"  # one Gradio concurrency group for every job that u
 
 CSS = """
 .pixelated img { image-rendering: pixelated; }
-#live-image img { width: 100%; height: 100%; object-fit: contain; }
+#live-image img, #cn-live img, .control-map img { width: 100%; height: 100%; object-fit: contain; }
 #status-line { min-height: 1.5em; }
 .status-error { color: #b42318; font-weight: 600; }
 .status-info { color: #475467; }

@@ -37,6 +37,7 @@ class Unit:
     low: gr.Slider
     high: gr.Slider
     sketch: gr.Sketchpad
+    drawing: gr.Image
     pose_json: gr.Textbox
     control_map: gr.Image
     scale: gr.Slider
@@ -44,7 +45,7 @@ class Unit:
     end: gr.Slider
 
     def map_inputs(self) -> list:
-        return [self.source, self.image, self.low, self.high, self.sketch, self.pose_json, self.control_map]
+        return [self.source, self.image, self.low, self.high, self.sketch, self.drawing, self.pose_json, self.control_map]
 
     def inputs(self) -> list:
         return [self.enabled, self.net, *self.map_inputs(), self.scale, self.start, self.end]
@@ -66,7 +67,7 @@ def pose_for_size(text: str, size: tuple[int, int]) -> np.ndarray:
     return keypoints * np.array([size[1] / cw, size[0] / ch], dtype=np.float32)
 
 
-def make_map(source: str, image, low, high, sketch, pose_json: str, ready, size: tuple[int, int]) -> np.ndarray:
+def make_map(source: str, image, low, high, sketch, drawing, pose_json: str, ready, size: tuple[int, int]) -> np.ndarray:
     """The control map at the image size (H, W), from the slot's chosen source; clear errors for missing input."""
     if source == "Image → Canny edges":
         if image is None:
@@ -76,7 +77,8 @@ def make_map(source: str, image, low, high, sketch, pose_json: str, ready, size:
         resized = cv2.resize(annotators.as_rgb(image), (size[1], size[0]), interpolation=cv2.INTER_AREA)
         return annotators.canny(resized, int(low), int(high))
     if source == "Sketch":
-        drawing = sketch.get("composite") if isinstance(sketch, dict) else sketch
+        if drawing is None:
+            drawing = sketch.get("composite") if isinstance(sketch, dict) else sketch
         if drawing is None or _blank(drawing):
             raise RequestError("Sketch: draw something on the sketchpad (or upload a drawing into it) first.")
         return annotators.scribble(drawing, size=size)
@@ -104,9 +106,11 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
                           info="embedded, <models>/controlnet/<name>, a ControlNetModel folder, or a hub id")
     source = gr.Radio(list(SOURCES), value=source_default, label="Control from", elem_id=f"cn{k}-source")
     with gr.Group(visible=source_default == "Sketch") as sketch_group:
-        sketch = gr.Sketchpad(type="numpy", canvas_size=(SKETCH_CANVAS, SKETCH_CANVAS), sources=("upload",), format="png",
+        sketch = gr.Sketchpad(type="numpy", canvas_size=(SKETCH_CANVAS, SKETCH_CANVAS), format="png",
                               brush=gr.Brush(colors=["#000000"], default_size=8, color_mode="fixed"), height=360,
-                              label="Sketch (draw an outline; or upload a drawing)", elem_id=f"cn{k}-sketch")
+                              label="Sketch (draw an outline)", elem_id=f"cn{k}-sketch")
+        drawing = gr.Image(type="numpy", label="…or upload a drawing (dark lines on a light ground); it wins over the sketchpad",
+                           sources=["upload", "clipboard"], height=140, elem_id=f"cn{k}-drawing")
     with gr.Group(visible=source_default == "Image → Canny edges") as canny_group:
         image = gr.Image(type="numpy", label="Image for Canny edges", sources=["upload", "clipboard"], elem_id=f"cn{k}-image")
         with gr.Row():
@@ -129,7 +133,8 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
                                   label="OpenPose model (folder or file) for detection")
         detect_btn = gr.Button("Detect pose")
     control_map = gr.Image(type="numpy", label="Control map (what the ControlNet sees; download it, or drop a ready one here)",
-                           sources=["upload"], height=200, buttons=["download"], elem_id=f"cn{k}-map", elem_classes=["pixelated"])
+                           sources=["upload"], height=220, buttons=["download"], elem_id=f"cn{k}-map",
+                           elem_classes=["pixelated", "control-map"])
     with gr.Row():
         scale = gr.Slider(0, MAX_CONTROL_SCALE, value=1.0, step=0.05, label="Conditioning scale", elem_id=f"cn{k}-scale")
         start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guidance start")
@@ -185,7 +190,7 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
     joint.change(joint_position, [pose_json, joint], [jx, jy], queue=False)
     pose_file.upload(load_file, pose_file, [pose_json, pose_msg], queue=False)
     detect_btn.click(run_detection, [photo, detect_model], [pose_json, pose_msg])
-    return Unit(enabled, net, source, image, low, high, sketch, pose_json, control_map, scale, start, end)
+    return Unit(enabled, net, source, image, low, high, sketch, drawing, pose_json, control_map, scale, start, end)
 
 
 def build(studio: Studio) -> None:
