@@ -156,3 +156,20 @@ def test_page_says_what_a_map_is_missing(source, message):
     empty_sketch = {"composite": np.zeros((512, 512, 4), np.uint8)}
     with pytest.raises(RequestError, match=message):
         make_map(source, None, 100, 200, empty_sketch, None, "{broken", None, size=(64, 64))
+
+
+def test_bar_metrics_on_known_images():
+    from studio.control import evaluate as E
+    from studio.shapes import scenes
+
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = 200
+    edges = E.annotators.canny(square)
+    shifted = np.roll(edges, 2, axis=1)
+    far = np.roll(edges, 8, axis=1)
+    assert E.edge_f1(edges, edges) == 1.0 and E.edge_f1(shifted, edges) > 0.95 and E.edge_f1(far, edges) < 0.6
+    rng = np.random.default_rng(0)
+    a, b = scenes.make_scene(rng, kind="figure"), scenes.make_scene(rng, kind="figure")
+    assert E.limb_coverage(a.image, a.figure.keypoints) == 1.0  # a drawn figure covers its own skeleton
+    blank = np.broadcast_to(a.image[:1, :1], a.image.shape).copy()
+    assert E.limb_coverage(blank, a.figure.keypoints) == 0.0

@@ -39,7 +39,7 @@ def test_edges_follow_the_control_map_and_not_without_it():
 
 def test_a_sketch_and_a_prompt_give_that_shape_there(judge):
     report = E.evaluate_sketch(E.load_pipeline(SUITE, CANNY), judge, 8)
-    assert report["shape_and_colour"] >= 0.75 and report["centre_offset_px_median"] <= 4, report
+    assert report["shape_and_colour"] >= 0.75 and report["centre_offset_px_median"] <= 5, report
 
 
 def test_a_pose_map_places_the_figure_and_its_limbs(judge):

@@ -35,7 +35,7 @@ TOLERANCE = 2  # pixels, for edge F1
 # ---------------------------------------------------------------- metrics
 def edge_f1(output_edges: np.ndarray, control_edges: np.ndarray, tolerance: int = TOLERANCE) -> float:
     """F1 of two binary edge maps, an edge pixel counting as matched within `tolerance` pixels of the other map."""
-    a, b = output_edges[..., 0] > 0 if output_edges.ndim == 3 else output_edges > 0, control_edges[..., 0] > 0 if control_edges.ndim == 3 else control_edges > 0
+    a, b = (np.asarray(e)[..., 0] > 0 if np.ndim(e) == 3 else np.asarray(e) > 0 for e in (output_edges, control_edges))
     if not a.any() or not b.any():
         return float(a.any() == b.any())
     to_b = cv2.distanceTransform((~b).astype(np.uint8), cv2.DIST_L2, 3)
