@@ -178,16 +178,20 @@ def evaluate_pose(pipe, judge, n: int, steps: int = 25) -> dict:
 
 def evaluate_sketch(pipe, judge, n: int, steps: int = 25) -> dict:
     cases = sketch_cases(n)
-    images = generate(pipe, [c[0] for c in cases], [c[1] for c in cases], 1.0, steps=steps)
-    pred = ev.predict(judge, images)
-    shape_ok = pred["shape"] == np.array([scenes.SHAPES.index(c[2]) for c in cases])
-    colour_ok = pred["colour"] == np.array([scenes.COLOUR_NAMES.index(c[3]) for c in cases])
-    offsets = []
-    for image, case in zip(images, cases):
-        ys, xs = np.nonzero(figure_mask(image))
-        offsets.append(float(np.hypot(xs.mean() - case[4][0], ys.mean() - case[4][1])) if len(xs) else 64.0)
-    return {"n": n, "shape_and_colour": float((shape_ok & colour_ok).mean()), "shape": float(shape_ok.mean()),
-            "colour": float(colour_ok.mean()), "centre_offset_px_median": float(np.median(offsets))}
+    report = {"n": n}
+    for scale in (1.0, 0.0):
+        images = generate(pipe, [c[0] for c in cases], [c[1] for c in cases], scale, steps=steps)
+        pred = ev.predict(judge, images)
+        shape_ok = pred["shape"] == np.array([scenes.SHAPES.index(c[2]) for c in cases])
+        colour_ok = pred["colour"] == np.array([scenes.COLOUR_NAMES.index(c[3]) for c in cases])
+        offsets = []
+        for image, case in zip(images, cases):
+            ys, xs = np.nonzero(figure_mask(image))
+            offsets.append(float(np.hypot(xs.mean() - case[4][0], ys.mean() - case[4][1])) if len(xs) else 64.0)
+        suffix = "" if scale == 1.0 else "_scale_0"
+        report.update({f"shape_and_colour{suffix}": float((shape_ok & colour_ok).mean()), f"shape{suffix}": float(shape_ok.mean()),
+                       f"colour{suffix}": float(colour_ok.mean()), f"centre_offset_px_median{suffix}": float(np.median(offsets))})
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
