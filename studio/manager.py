@@ -270,16 +270,25 @@ class ModelManager:
                 net = controlnet.load_controlnet(spec, self.config)
                 while len(self._controlnets) >= MAX_CONTROLNETS:
                     self._controlnets.popitem(last=False)
-                self._controlnets[key] = net.to(model.pipe._execution_device)
+                self._controlnets[key] = net
             self._controlnets.move_to_end(key)
             net = self._controlnets[key]
         controlnet.check_compatible(net, model.pipe.unet, spec, model.name)
         return net.to(model.pipe._execution_device)
 
+    def park_controlnets(self) -> None:
+        """After each job (however it ended): with --offload, ControlNets go back to the CPU like every other part."""
+        if self.config.offload:
+            with self._lock:
+                for net in self._controlnets.values():
+                    net.to("cpu")
+
     def unload(self, spec: str | None = None) -> None:
         """Free one model (by spec), or all."""
         with self._lock:
             keys = list(self._loaded) if spec is None else [sources.resolve(spec, self.config).location]
+            if spec is None:
+                self._controlnets.clear()
             for key in keys:
                 if key in self._loaded:
                     self._evict(key)
@@ -306,7 +315,10 @@ class ModelManager:
         with self._accelerator:
             # Cleared on entry only: a Stop pressed while a job finishes (or between a sweep's cells) still counts.
             self._stop.clear()
-            yield
+            try:
+                yield
+            finally:
+                self.park_controlnets()
 
     def request_stop(self) -> None:
         self._stop.set()

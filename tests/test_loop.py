@@ -89,3 +89,20 @@ def test_heun_reports_sampler_steps_not_model_evaluations(manager):
     steps = [e for e in events if isinstance(e, Step)]
     assert len(steps) == 7  # 2 * 4 - 1 model evaluations
     assert all(s.n == 4 for s in steps) and steps[-1].i == 4 and [s.i for s in steps] == sorted(s.i for s in steps)
+
+
+def test_noise_to_uses_each_schedulers_own_rule():
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from studio.sampling.loop import noise_to
+
+    x, n = torch.ones(1, 4, 2, 2), torch.full((1, 4, 2, 2), 2.0)
+    flow = FlowMatchEulerDiscreteScheduler()
+    flow.set_timesteps(10)
+    flow.set_begin_index(5)
+    sigma = flow.sigmas[5]
+    assert torch.allclose(noise_to(flow, x, n, flow.timesteps[5:6]), (1 - sigma) * x + sigma * n)
+    ddpm = DDPMScheduler()
+    t = torch.tensor([500])
+    a = ddpm.alphas_cumprod[500]
+    assert torch.allclose(noise_to(ddpm, x, n, t), a.sqrt() * x + (1 - a).sqrt() * n)

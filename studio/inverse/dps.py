@@ -80,7 +80,8 @@ class MaskBlend:
             known = self.scheduler.add_noise(self.known_latents, noise, timesteps[idx:idx + 1])
         else:
             known = self.known_latents
-        return self.latent_mask * known + (1 - self.latent_mask) * next_latents
+        blended = self.latent_mask * known + (1 - self.latent_mask) * next_latents
+        return blended.to(next_latents.dtype)  # the fp32 mask must not promote half-precision latents
 
 
 def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

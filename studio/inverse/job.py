@@ -18,7 +18,7 @@ from studio.inverse.operators import box_mask, get_operator, random_mask
 from studio.jobs import prepare, unet_fn
 from studio.manager import ModelManager
 from studio.sampling import previews
-from studio.sampling.loop import Hooks, denoise, start_index, step_kwargs
+from studio.sampling.loop import Hooks, denoise, noise_to, start_index, step_kwargs
 
 
 @dataclass
@@ -110,11 +110,6 @@ def build_measurement(req: InverseRequest, size: int, device) -> tuple:
     return op, y, clean, mask
 
 
-def encode(vae, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> UNet latents (the posterior mean, scaled)."""
-    return vae.encode(images.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-
-
 def show_measurement(y: torch.Tensor, operator: str, size: int) -> torch.Tensor:
     """The measurement as a viewable image at full size (super-resolution inputs upscaled by nearest neighbour)."""
     if y.shape[-1] != size:
@@ -152,7 +147,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         start = None
         if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
             with torch.no_grad():
-                start = encode(pipe.vae, op.estimate(y))
+                start = previews.vae_encode(pipe.vae, op.estimate(y))
         outputs["dps"] = yield from _sample(manager, model, req, Hooks(correction=correction, needs_grad=True), "DPS",
                                             start=start)
         if start is not None and req.operator == "inpainting":
@@ -162,7 +157,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
             if req.operator == "inpainting":
                 run = prepare(model, req.prompt, "", req.guidance_scale, req.sampler, req.steps, req.seed, req.batch_size, (size, size))
                 with torch.no_grad():
-                    known = encode(pipe.vae, y)
+                    known = previews.vae_encode(pipe.vae, y)
                 blend = dps.MaskBlend(known, dps.latent_mask(mask.to(device), known.shape[-2:]), run.scheduler,
                                       torch.Generator().manual_seed(req.seed + 1))
                 outputs["baseline"] = yield from _sample(manager, model, req, Hooks(correction=blend), "Baseline", run)
@@ -170,7 +165,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
                 outputs["baseline"] = op.estimate(y)
         if clean is not None:  # the floor a latent model can reach: the clean image through the VAE
             with torch.no_grad():
-                outputs["clean_vae"] = previews.vae_decode(pipe.vae, encode(pipe.vae, clean)).float()
+                outputs["clean_vae"] = previews.vae_decode(pipe.vae, previews.vae_encode(pipe.vae, clean)).float()
     # 4. Scores and residuals.
     shown = show_measurement(y, req.operator, size)
     images = [outputs["dps"], outputs.get("baseline", shown), shown] + ([clean.expand_as(shown)] if clean is not None else [])
@@ -221,7 +216,7 @@ def _sample(manager, model, req: InverseRequest, hooks: Hooks, phase: str, run=N
         if hasattr(run.scheduler, "set_begin_index"):
             run.scheduler.set_begin_index(begin)
         noise = run.latents / run.scheduler.init_noise_sigma
-        latents = run.scheduler.add_noise(start.expand_as(noise).to(noise), noise, run.scheduler.timesteps[begin:begin + 1])
+        latents = noise_to(run.scheduler, start.expand_as(noise).to(noise), noise, run.scheduler.timesteps[begin:begin + 1])
     every = req.preview_every
     for state in denoise(unet_fn(pipe.unet), run.scheduler, run.space, latents, run.cond, req.guidance_scale,
                          extra_step_kwargs=step_kwargs(run.scheduler, run.generators), hooks=hooks,

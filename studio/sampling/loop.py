@@ -105,6 +105,13 @@ def start_index(scheduler, steps: int, strength: float) -> int:
     return (steps - max(1, min(int(steps * strength), steps))) * getattr(scheduler, "order", 1)
 
 
+def noise_to(scheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Clean latents noised to timestep t: add_noise for noise-prediction schedulers, scale_noise for flow matching."""
+    if hasattr(scheduler, "add_noise"):
+        return scheduler.add_noise(clean, noise, t)
+    return scheduler.scale_noise(clean, t, noise)
+
+
 def step_kwargs(scheduler, generator, eta: float = 0.0) -> dict[str, Any]:
     """`eta` and `generator` for the schedulers whose step takes them (DDIM, ancestral samplers)."""
     params = set(inspect.signature(scheduler.step).parameters)
