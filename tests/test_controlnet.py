@@ -142,6 +142,11 @@ def test_page_makes_each_kind_of_map_at_the_image_size():
     pose = make_map("Pose", None, 100, 200, None, None, text, None, size=size)
     expected = make_map("Pose", None, 100, 200, None, None, pose_to_json(preset_pose("waving"), size), None, size=size)
     assert np.abs(pose.astype(int) - expected).mean() < 12  # the same figure, scaled from its canvas
+    from studio.ui.controlnet import pose_for_size
+
+    wide = pose_for_size(text, (64, 128))  # a square canvas on a wide image: centred, not stretched
+    square = pose_for_size(text, (64, 64))
+    assert np.allclose(wide, square + np.array([32, 0]), equal_nan=True)
     ready = np.full((64, 64, 3), 7, np.uint8)
     assert make_map("Ready-made map", None, 100, 200, None, None, "", ready, size=size) is not None
 

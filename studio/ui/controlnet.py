@@ -62,9 +62,11 @@ def pose_state(text: str) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def pose_for_size(text: str, size: tuple[int, int]) -> np.ndarray:
-    """The pose's keypoints scaled from its canvas to the image size (H, W)."""
+    """The pose's keypoints from its canvas to the image size (H, W): scaled evenly (never stretched), centred."""
     keypoints, (ch, cw) = pose_state(text)
-    return keypoints * np.array([size[1] / cw, size[0] / ch], dtype=np.float32)
+    k = min(size[0] / ch, size[1] / cw)
+    offset = np.array([(size[1] - cw * k) / 2, (size[0] - ch * k) / 2], dtype=np.float32)
+    return keypoints * np.float32(k) + offset
 
 
 def make_map(source: str, image, low, high, sketch, drawing, pose_json: str, ready, size: tuple[int, int]) -> np.ndarray:
