@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> dict:
     manager = ModelManager(StudioConfig())
     image = scenes.sample_scenes(5, 1)[0].image
     dps_req = InverseRequest(image=image, model=model, operator="super_resolution", steps=args.steps, sampler="DDIM",
-                             baseline=False, preview_every=0, strength=1.0)  # every step a DPS step
+                             baseline=False, preview_every=0, strength=1.0, save=False)  # every step a DPS step
     default_req = InverseRequest(image=image, model=model, operator="super_resolution", steps=args.steps, sampler="DDIM",
-                                 baseline=False, preview_every=0)
+                                 baseline=False, preview_every=0, save=False)
     plain_req = Txt2ImgRequest(model=model, prompt="", guidance_scale=1.0, steps=args.steps, sampler="DDIM", preview_every=0,
                                save=False)
     t = interleaved({"plain": lambda: list(txt2img(manager, plain_req)), "dps": lambda: list(inverse(manager, dps_req)),

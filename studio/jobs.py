@@ -211,7 +211,7 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
         height, width = run.size
         cond = run.cond
         hooks = guidance_hooks(model, req, scheduler, space, manager.clip() if req.text_guidance_scale > 0 else None)
-        units, notes = build_units(manager, model, req.controls, run.size, req.batch_size)
+        units, notes = build_units(manager, model, req.controls, run.size)
         for text in notes:
             yield Notice(text)
         if units:

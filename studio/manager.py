@@ -46,7 +46,7 @@ class LoadedModel:
         from studio.shapes import evaluator
 
         folder = Path(self.source.location) / "evaluator"
-        return evaluator.load(folder, self.pipe._execution_device).requires_grad_(False) if folder.is_dir() else None
+        return evaluator.load(folder, self.pipe._execution_device) if folder.is_dir() else None  # frozen by load
 
     @cached_property
     def noisy_classifier(self):

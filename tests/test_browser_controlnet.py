@@ -34,12 +34,6 @@ def _draw_star(page):
     page.mouse.up()
 
 
-def _set_number(page, elem_id: str, value: str):
-    number = page.locator(f"#{elem_id} input[type=number]")
-    number.fill(value)
-    number.press("Tab")
-
-
 def _map(page, tmp_path, k: int) -> np.ndarray:
     src = page.locator(f"#cn{k}-map img").first.get_attribute("src")
     path = tmp_path / f"map{k}.png"

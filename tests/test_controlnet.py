@@ -148,7 +148,7 @@ def test_page_makes_each_kind_of_map_at_the_image_size():
     square = pose_for_size(text, (64, 64))
     assert np.allclose(wide, square + np.array([32, 0]), equal_nan=True)
     ready = np.full((64, 64, 3), 7, np.uint8)
-    assert make_map("Ready-made map", None, 100, 200, None, None, "", ready, size=size) is not None
+    assert np.array_equal(make_map("Ready-made map", None, 100, 200, None, None, "", ready, size=size), ready)
 
 
 @pytest.mark.parametrize("source, message", [
@@ -174,7 +174,7 @@ def test_bar_metrics_on_known_images():
     far = np.roll(edges, 8, axis=1)
     assert E.edge_f1(edges, edges) == 1.0 and E.edge_f1(shifted, edges) > 0.95 and E.edge_f1(far, edges) < 0.6
     rng = np.random.default_rng(0)
-    a, b = scenes.make_scene(rng, kind="figure"), scenes.make_scene(rng, kind="figure")
+    a = scenes.make_scene(rng, kind="figure")
     assert E.limb_coverage(a.image, a.figure.keypoints) == 1.0  # a drawn figure covers its own skeleton
     blank = np.broadcast_to(a.image[:1, :1], a.image.shape).copy()
     assert E.limb_coverage(blank, a.figure.keypoints) == 0.0

@@ -11,7 +11,7 @@ from studio.events import Result
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
 from studio.sampling.guidance import GradientGuidance
-from studio.sampling.loop import LoopState, vp_view
+from studio.sampling.loop import LoopState
 from studio.sampling.schedulers import make_scheduler
 from studio.shapes import evaluator as ev
 from studio.shapes import scenes
@@ -35,7 +35,13 @@ def test_gradient_guidance_matches_the_closed_form(tiny_model_dir, sampler):
     latents, eps, m = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     hook = GradientGuidance(lambda x, t_, a, e: -0.5 * ((x - m) ** 2).flatten(1).sum(1), 3.0, scheduler, space)
     out = hook(LoopState(i=4, n=10, t=t, latents=latents, model_output=eps))
-    x_vp, a = vp_view(scheduler, space, latents, t)
+    # The VP view, written out here rather than taken from vp_view: x_vp = x / sqrt(1 + sigma^2), a = 1 / (1 + sigma^2)
+    # in k-diffusion space; x itself and alphas_cumprod[t] in DDPM space.
+    if space == "ve":
+        sigma = scheduler.sigmas[3]
+        a, x_vp = 1 / (1 + sigma**2), latents / (1 + sigma**2).sqrt()
+    else:
+        a, x_vp = scheduler.alphas_cumprod[int(t)], latents
     assert torch.allclose(out, eps - (1 - a).sqrt() * 3.0 * (m - x_vp), atol=1e-5)
 
 

@@ -52,13 +52,13 @@ def validate_controls(controls) -> None:
             raise RequestError(f"ControlNet {k}: guidance start/end must satisfy 0 <= start < end <= 1 (got {c.start}-{c.end}).")
 
 
-def build_units(manager, model, controls, size: tuple[int, int], batch: int) -> tuple[list[ControlUnit], list[str]]:
+def build_units(manager, model, controls, size: tuple[int, int]) -> tuple[list[ControlUnit], list[str]]:
     """The loaded, checked ControlNets of a request with their control tensors; plus notices (e.g. resized maps)."""
     units, notes = [], []
     device, dtype = model.pipe._execution_device, model.pipe.unet.dtype
     for k, c in enumerate(controls, 1):
         net = manager.controlnet(c.model, model)
-        image, note = control_tensor(c.image, size, batch, device, dtype)
+        image, note = control_tensor(c.image, size, device, dtype)
         if note:
             notes.append(f"ControlNet {k}: {note}")
         units.append(ControlUnit(net, image, c.scale, c.start, c.end))
@@ -67,7 +67,7 @@ def build_units(manager, model, controls, size: tuple[int, int], batch: int) -> 
 
 @dataclass
 class ControlUnit:
-    """One ControlNet at work: its model, the control image (B, 3, H, W) in [0, 1], scale and step window."""
+    """One ControlNet at work: its model, the control image (1, 3, H, W) in [0, 1], scale and step window."""
 
     net: ControlNetModel
     image: torch.Tensor
@@ -87,9 +87,7 @@ def control_hook(units: list[ControlUnit]):
         for unit in units:
             if not unit.active(i, n):
                 continue  # diffusers runs it at scale 0; adding zeros changes nothing, so skipping is exact
-            image = unit.image
-            if image.shape[0] != x.shape[0]:  # CFG doubles the batch: the same maps for both halves
-                image = torch.cat([image] * (x.shape[0] // image.shape[0]))
+            image = unit.image.expand(x.shape[0], -1, -1, -1)  # one map for every image (and both CFG halves)
             d, m = unit.net(x, t, encoder_hidden_states=embeds, controlnet_cond=image, conditioning_scale=unit.scale,
                             added_cond_kwargs=added, return_dict=False)
             down = d if down is None else [a + b for a, b in zip(down, d)]
@@ -101,8 +99,8 @@ def control_hook(units: list[ControlUnit]):
     return hook
 
 
-def control_tensor(control_map, size: tuple[int, int], batch: int, device, dtype) -> tuple[torch.Tensor, str | None]:
-    """A uint8 control map as the (batch, 3, H, W) [0, 1] tensor a ControlNet takes; resized (and said) if needed."""
+def control_tensor(control_map, size: tuple[int, int], device, dtype) -> tuple[torch.Tensor, str | None]:
+    """A uint8 control map as the (1, 3, H, W) [0, 1] tensor a ControlNet takes; resized (and said) if needed."""
     arr = as_rgb(control_map)
     note = None
     h, w = size
@@ -113,7 +111,7 @@ def control_tensor(control_map, size: tuple[int, int], batch: int, device, dtype
         shrink = arr.shape[0] > h or arr.shape[1] > w
         arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255)
-    return tensor[None].repeat(batch, 1, 1, 1).to(device=device, dtype=dtype), note
+    return tensor[None].to(device=device, dtype=dtype), note
 
 
 # ---------------------------------------------------------------- finding and loading

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
-from PIL import Image
 
 from studio.config import ASSETS_CONTROLNETS, ASSETS_MODELS
 from studio.control import annotators
 from studio.control.pose import LIMB_PAIRS
-from studio.sampling.schedulers import SAMPLERS
 from studio.shapes import evaluator as ev
 from studio.shapes import scenes
-from studio.shapes.evaluate import DEFAULT_CFG, DEFAULT_SAMPLER, EVAL_SEED
+from studio.shapes import evaluate as shapes_eval
+from studio.shapes.evaluate import EVAL_SEED
 
 BODY_LIMBS = LIMB_PAIRS[:13]  # neck, shoulders, arms, hips, legs, nose; not the eye/ear lines (the figure has no face)
 TOLERANCE = 2  # pixels, for edge F1
@@ -90,13 +87,9 @@ def pose_cases(n: int, seed: int = EVAL_SEED) -> tuple[list[str], list[np.ndarra
     but not the pose ("a person in a red shirt"), so only the pose map can say where the limbs go."""
     rng = np.random.default_rng([seed, 0x9053])
     found = [scenes.make_scene(rng, kind="figure") for _ in range(n)]
-    return ([f"a person in {_article(s.figure.colour)} {s.figure.colour} shirt" for s in found],
+    return ([f"a person in {scenes.article(s.figure.colour)} {s.figure.colour} shirt" for s in found],
             [annotators.pose(s.figure.keypoints) for s in found], [s.figure.keypoints for s in found],
             [s.figure.colour for s in found], [s.figure.pose for s in found])
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def hand_outline(shape: str, centre: tuple[float, float], radius: float, rng: np.random.Generator, canvas: int = 512) -> np.ndarray:
@@ -125,31 +118,18 @@ def sketch_cases(n: int, seed: int = EVAL_SEED):
         colour = scenes.COLOUR_NAMES[rng.integers(len(scenes.COLOUR_NAMES))]
         centre = (float(rng.uniform(22, 42)), float(rng.uniform(22, 42)))
         drawing = hand_outline(shape, centre, float(rng.uniform(11, 17)), rng)
-        cases.append((f"{_article(colour)} {colour} {shape}", annotators.scribble(drawing, size=(64, 64)), shape, colour, centre))
+        cases.append((f"{scenes.article(colour)} {colour} {shape}", annotators.scribble(drawing, size=(64, 64)), shape, colour, centre))
     return cases
 
 
 # ---------------------------------------------------------------- generation
-def load_pipeline(suite: str | Path, controlnet: str | Path, device: str = "cpu") -> StableDiffusionControlNetPipeline:
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        suite, controlnet=ControlNetModel.from_pretrained(controlnet), safety_checker=None, requires_safety_checker=False)
-    spec = SAMPLERS[DEFAULT_SAMPLER]
-    pipe.scheduler = spec.cls.from_config(pipe.scheduler.config, **spec.kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+def load_pipeline(suite: str | Path, controlnet: str | Path, device: str = "cpu"):
+    return shapes_eval.load_pipeline(suite, device, controlnet=controlnet)
 
 
-def generate(pipe, prompts: list[str], maps: list[np.ndarray], scale: float, seed: int = 0, steps: int = 25,
-             batch: int = 32) -> np.ndarray:
+def generate(pipe, prompts: list[str], maps: list[np.ndarray], scale: float, seed: int = 0, steps: int = 25) -> np.ndarray:
     """uint8 images; image k from seed + k (the same noise at every scale)."""
-    out = []
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        gens = [torch.Generator("cpu").manual_seed(seed + i + k) for k in range(len(chunk))]
-        images = pipe(chunk, [Image.fromarray(m) for m in maps[i:i + batch]], num_inference_steps=steps,
-                      guidance_scale=DEFAULT_CFG, controlnet_conditioning_scale=scale, generator=gens, output_type="np").images
-        out.append((images * 255).round().astype(np.uint8))
-    return np.concatenate(out)
+    return shapes_eval.generate(pipe, prompts, seed, steps, batch=32, maps=maps, control_scale=scale)
 
 
 def evaluate_edges(pipe, n: int, steps: int = 25) -> dict:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
 
 from studio.config import ASSETS_MODELS
@@ -65,7 +63,7 @@ def _without_pose(scene, rng: np.random.Generator) -> str:
     """A figure caption that does not say the pose ("a woman in a red shirt"): then only the map can tell the limbs."""
     colour = scene.figure.colour
     subject = ("a person", "a man", "a woman", "a figure", "someone")[rng.integers(5)]
-    return f"{subject} in {'an' if colour[0] in 'aeiou' else 'a'} {colour} {('shirt', 'top')[rng.integers(2)]}"
+    return f"{subject} in {scenes.article(colour)} {colour} {('shirt', 'top')[rng.integers(2)]}"
 
 
 def build_controlnet(unet) -> ControlNetModel:

@@ -31,7 +31,7 @@ def evaluate_task(manager: ModelManager, task: str, n: int, steps: int, zeta: fl
     for k in range(n):
         extra = {} if strength is None else {"strength": strength}
         req = InverseRequest(image=images[k], model=str(ASSETS_MODELS / DEFAULT_MODEL), steps=steps, seed=k, zeta=zeta,
-                             preview_every=0, **TASKS[task], **extra)
+                             preview_every=0, save=False, **TASKS[task], **extra)
         result = [e for e in inverse(manager, req) if isinstance(e, Result)][0]
         rows.append(result.metrics)
     keys = [k for k in rows[0] if k.startswith(("dps_", "baseline_", "start_", "clean_vae_"))]

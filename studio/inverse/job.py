@@ -33,7 +33,7 @@ class InverseRequest:
     angle: float = 30.0  # motion blur direction (degrees)
     factor: int = 4  # super-resolution factor
     sigma: float = 0.05  # measurement noise, on the [-1, 1] scale
-    zeta: float | None = None  # DPS step size; None: the per-task default (dps.DEFAULT_ZETA)
+    zeta: float | None = None  # DPS step size; None: dps.DEFAULT_ZETA
     strength: float = dps.DEFAULT_STRENGTH  # DPS starts from the measurement's estimate noised this far; 1 = pure noise
     from_clean: bool = True  # False: `image` already is the measurement
     model: str = DEFAULT_MODEL
@@ -45,6 +45,7 @@ class InverseRequest:
     batch_size: int = 1
     baseline: bool = True
     preview_every: int = 5
+    save: bool = True  # the DPS result and the baseline go to the outputs folder
     notices: list[str] = field(default_factory=list)
 
 
@@ -139,7 +140,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         for text in req.notices:
             yield Notice(text)
         y = y.expand(req.batch_size, -1, -1, -1)
-        zeta = dps.default_zeta(req.operator) if req.zeta is None else req.zeta
+        zeta = dps.DEFAULT_ZETA if req.zeta is None else req.zeta
         decode = lambda z: previews.vae_decode_grad(pipe.vae, z)  # noqa: E731
         outputs = {}
         # 2. DPS through the one loop, gradients on for the model call.
@@ -148,7 +149,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
             with torch.no_grad():
                 start = previews.vae_encode(pipe.vae, op.estimate(y))
-        outputs["dps"] = yield from _sample(manager, model, req, Hooks(correction=correction, needs_grad=True), "DPS",
+        outputs["dps"] = yield from _sample(manager, model, req, Hooks(correction=correction, needs_grad=zeta > 0), "DPS",
                                             start=start)
         if start is not None and req.operator == "inpainting":
             outputs["start"] = op.estimate(y)  # scored too: what DPS improved on
@@ -178,7 +179,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
             for k, v in scores(previews.to_uint8(clean)[0], previews.to_uint8(out)[0], mask).items():
                 metrics[f"{name}_{k}"] = v
     pil = previews.to_pil(torch.cat([im[:1] for im in images]))
-    paths = _save(manager, model, req, zeta, {"DPS": pil[0], "baseline": pil[1]} if req.baseline else {"DPS": pil[0]})
+    paths = _save(manager, model, req, zeta, {"DPS": pil[0], "baseline": pil[1]} if req.baseline else {"DPS": pil[0]}) if req.save else []
     yield Result(pil, paths=paths, metrics=metrics, seeds=[req.seed])
 
 

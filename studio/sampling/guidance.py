@@ -34,11 +34,8 @@ class GradientGuidance:
     scale: float
     scheduler: object
     space: str
-    last_log_prob: float = float("nan")
 
     def __call__(self, state: LoopState) -> torch.Tensor:
-        if self.scale == 0:
-            return state.model_output
         if self.scheduler.config.prediction_type != "epsilon":
             raise RequestError("Classifier and text guidance need an eps-prediction model; this one predicts "
                                f"{self.scheduler.config.prediction_type}.")
@@ -48,8 +45,7 @@ class GradientGuidance:
             x_vp = x_vp.detach().float().requires_grad_(True)
             logp = self.log_prob(x_vp, state.t, alpha_bar.float(), eps.float())
             grad = torch.autograd.grad(logp.sum(), x_vp)[0]
-        self.last_log_prob = float(logp.detach().mean())
-        state.metrics["guidance_log_prob"] = self.last_log_prob
+        state.metrics["guidance_log_prob"] = float(logp.detach().mean())
         return (eps - (1 - alpha_bar).sqrt() * self.scale * grad.to(eps.dtype)).to(state.model_output.dtype)
 
 

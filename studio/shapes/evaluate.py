@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+from PIL import Image
 
 from studio.sampling.schedulers import SAMPLERS
 from studio.shapes import evaluator as ev
@@ -22,21 +23,31 @@ DEFAULT_CFG = 5.0
 DEFAULT_SAMPLER = "DPM++ 2M"
 
 
-def load_pipeline(folder: str | Path, device: str = "cpu", sampler: str = DEFAULT_SAMPLER) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False).to(device)
+def load_pipeline(folder: str | Path, device: str = "cpu", sampler: str = DEFAULT_SAMPLER,
+                  controlnet: str | Path | None = None) -> StableDiffusionPipeline:
+    """The suite as a diffusers pipeline with the evaluation sampler; with a ControlNet folder, its ControlNet pipeline."""
+    if controlnet is None:
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    else:
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(
+            folder, controlnet=ControlNetModel.from_pretrained(controlnet), safety_checker=None, requires_safety_checker=False)
+    pipe.to(device)
     spec = SAMPLERS[sampler]
     pipe.scheduler = spec.cls.from_config(pipe.scheduler.config, **spec.kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def generate(pipe, prompts: list[str], seed: int, steps: int = 25, cfg: float = DEFAULT_CFG, batch: int = 64) -> np.ndarray:
-    """uint8 images (N, 64, 64, 3), image k from seed + k."""
+def generate(pipe, prompts: list[str], seed: int, steps: int = 25, cfg: float = DEFAULT_CFG, batch: int = 64,
+             maps: list[np.ndarray] | None = None, control_scale: float = 1.0) -> np.ndarray:
+    """uint8 images (N, 64, 64, 3), image k from seed + k; with `maps`, one control map per prompt (ControlNet pipeline)."""
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         gens = [torch.Generator("cpu").manual_seed(seed + i + k) for k in range(len(chunk))]
-        images = pipe(chunk, num_inference_steps=steps, guidance_scale=cfg, generator=gens, output_type="np").images
+        control = {} if maps is None else {"image": [Image.fromarray(m) for m in maps[i:i + batch]],
+                                            "controlnet_conditioning_scale": control_scale}
+        images = pipe(chunk, num_inference_steps=steps, guidance_scale=cfg, generator=gens, output_type="np", **control).images
         out.append((images * 255).round().astype(np.uint8))
     return np.concatenate(out)
 

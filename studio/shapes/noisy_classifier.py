@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL
+from studio.sampling import previews
 from studio.shapes import evaluator as ev
 from studio.shapes import scenes
 
@@ -75,7 +76,7 @@ def encode_scenes(vae: AutoencoderKL, seed: int, n: int, batch: int = 256) -> tu
     chunks = []
     for i in range(0, n, batch):
         x = ev.images_to_tensor(images[i:i + batch], vae.device)
-        chunks.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
+        chunks.append(previews.vae_encode(vae, x))
     return torch.cat(chunks), {k: torch.from_numpy(v) for k, v in labels.items()}
 
 

@@ -384,12 +384,12 @@ _POSE_FIRST = {  # for "<subject> <pose> in a <colour> shirt" (phrases that read
 _EXTRA_WORDS = "a an there is are the of image picture in on with pair".split()
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _with_article(phrase: str) -> str:
-    return f"{_article(phrase)} {phrase}"
+def _witharticle(phrase: str) -> str:
+    return f"{article(phrase)} {phrase}"
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -408,19 +408,19 @@ def _caption_single(scene: Scene, rng: np.random.Generator) -> str:
     t = int(rng.integers(6))
     if t == 0 or not with_pos:
         if with_pos:
-            return f"{_with_article(noun)} {pos}"
-        return _pick(rng, (_with_article(noun), noun, f"a picture of {_with_article(noun)}"))
+            return f"{_witharticle(noun)} {pos}"
+        return _pick(rng, (_witharticle(noun), noun, f"a picture of {_witharticle(noun)}"))
     if t == 1:
         return f"{noun}, {pos_short}"
     if t == 2:
         return f"{noun} {pos}"
     if t == 3:
-        return f"{pos}, {_with_article(noun)}"
+        return f"{pos}, {_witharticle(noun)}"
     if t == 4:
-        return f"there is {_with_article(noun)} {pos}"
+        return f"there is {_witharticle(noun)} {pos}"
     # t == 5: "a big circle in red on the left"
     base = " ".join(w for w in (size_w, o.shape) if w)
-    return f"{_with_article(base)} in {o.colour} {pos}"
+    return f"{_witharticle(base)} in {o.colour} {pos}"
 
 
 def _caption_multi(scene: Scene, rng: np.random.Generator) -> str:
@@ -448,7 +448,7 @@ def _caption_figure(scene: Scene, rng: np.random.Generator) -> str:
     f = scene.figure
     assert f is not None
     subj = _pick(rng, _SUBJECTS)
-    shirt = f"{_with_article(f.colour)} {_pick(rng, _SHIRT_WORDS)}"
+    shirt = f"{_witharticle(f.colour)} {_pick(rng, _SHIRT_WORDS)}"
     t = int(rng.integers(5))
     if t == 0:
         return f"{subj} in {shirt} {_pick(rng, _POSE_PHRASES[f.pose])}"

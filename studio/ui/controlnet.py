@@ -70,7 +70,8 @@ def pose_for_size(text: str, size: tuple[int, int]) -> np.ndarray:
 
 
 def make_map(source: str, image, low, high, sketch, drawing, pose_json: str, ready, size: tuple[int, int]) -> np.ndarray:
-    """The control map at the image size (H, W), from the slot's chosen source; clear errors for missing input."""
+    """The control map from the slot's chosen source, at the image size (H, W) (a ready-made map as given: the job
+    resizes it and says so); clear errors for missing input."""
     if source == "Image → Canny edges":
         if image is None:
             raise RequestError("Canny edges: upload an image first.")
@@ -243,9 +244,8 @@ def build(studio: Studio) -> None:
         native = studio.native_size(model_spec)
         return int(h or native), int(w or native)
 
-    def compute_maps(model_spec, w, h, values) -> tuple[list, list]:
-        """(maps per slot (None where off), ControlInputs) for the enabled slots; RequestError names the slot."""
-        size = image_size(model_spec, w, h)
+    def compute_maps(size: tuple[int, int], values) -> tuple[list, list]:
+        """(maps per slot (unchanged where off), ControlInputs) for the enabled slots; RequestError names the slot."""
         shown, controls = [], []
         for k in range(len(units)):
             enabled, net, source, *map_values, scale, s0, s1 = values[k * per_unit:(k + 1) * per_unit]
@@ -261,17 +261,18 @@ def build(studio: Studio) -> None:
         return shown, controls
 
     def preview_maps(model_spec, w, h, *values):
+        size = image_size(model_spec, w, h)
         try:
-            shown, controls = compute_maps(model_spec, w, h, values)
+            shown, controls = compute_maps(size, values)
         except StudioError as e:
             return [gr.update()] * len(units) + [status(str(e), "error")]
-        note = "No ControlNet enabled." if not controls else f"Control maps at {image_size(model_spec, w, h)[1]}x{image_size(model_spec, w, h)[0]}."
+        note = "No ControlNet enabled." if not controls else f"Control maps at {size[1]}x{size[0]}."
         return shown + [status(note)]
 
     def run(model_spec, text, neg, smp, n_steps, scale, sd, w, h, b, *rest):
         *values, past = rest
         try:
-            shown, controls = compute_maps(model_spec, w, h, values)
+            shown, controls = compute_maps(image_size(model_spec, w, h), values)
             if not controls:
                 raise RequestError("Enable at least one ControlNet (or use the Generate tab for plain text-to-image).")
         except StudioError as e:
