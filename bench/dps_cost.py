@@ -10,7 +10,7 @@ import json
 
 from bench.common import interleaved
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
-from studio.inverse.job import InverseRequest, inverse
+from studio.jobs import InverseRequest, inverse
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
 from studio.shapes import scenes

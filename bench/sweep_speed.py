@@ -13,7 +13,7 @@ from studio.config import StudioConfig
 from studio.events import SweepSummary
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
-from studio.sweep import SweepRequest, sweep
+from studio.jobs.sweep import SweepRequest, sweep
 
 
 def main() -> dict:

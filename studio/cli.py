@@ -1,15 +1,25 @@
-"""Command line: `python -m studio generate|presets|models`, the same jobs as the web app without a browser."""
+"""Command line: `python -m studio generate|control|inverse|sweep|presets|models`: the web app's jobs without a browser,
+one subcommand per job, writing the same PNGs with settings."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from studio import sources
 from studio.config import PRESETS_DIR, add_model_flags, config_from_args
-from studio.errors import ModelError, StudioError
-from studio.events import Notice, Result, Step
-from studio.jobs import Txt2ImgRequest, txt2img
+from studio.control.maps import ANNOTATORS, MapSource
+from studio.control.pose import POSE_PRESETS, preset_pose
+from studio.errors import ModelError, RequestError, StudioError
+from studio.events import Cell, Maps, Notice, Result, Step, SweepSummary
+from studio.inverse.operators import OPERATORS
+from studio.jobs import (ControlNetRequest, ControlUnitRequest, InverseRequest, SweepRequest, Txt2ImgRequest, controlnet,
+                         inverse, sweep, txt2img)
+from studio.jobs.sweep import AXES, parse_axis_values, parse_scales
 from studio.presets import apply_preset, get_preset, load_presets
 
 # Flag dest -> request field; a flag left out (None) keeps the preset's value, or the request's default.
@@ -19,26 +29,71 @@ OVERRIDES = {
 }
 
 
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    """The text-to-image settings shared by generate, control and sweep."""
+    p.add_argument("--prompt", required=True, help="what to draw")
+    p.add_argument("--seed", type=int, default=-1, help="-1 (default): random; image k of a batch uses seed + k")
+    p.add_argument("--out", type=Path, default=None, help="folder for the images (default: --outputs-dir)")
+    p.add_argument("--preset", default=None, help="named settings from the presets folder (see `python -m studio presets`)")
+    p.add_argument("--model", default=None, help="a name in the models folder, a diffusers folder, a .safetensors file or a hub id")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--sampler", default=None, help="e.g. 'Euler', 'Euler a', 'DPM++ 2M Karras'")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale")
+    p.add_argument("--cfg-rescale", type=float, default=None, help="guidance rescale, 0 to 1")
+    p.add_argument("--width", type=int, default=None, help="0: the model's native size")
+    p.add_argument("--height", type=int, default=None, help="0: the model's native size")
+    p.add_argument("--batch", type=int, default=None, help="images per run")
+    p.add_argument("--presets-dir", type=Path, default=PRESETS_DIR, help="folder of preset YAML files")
+    add_model_flags(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="Diffusion studio from the command line.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,presets,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,control,inverse,sweep,presets,models}")
 
     gen = sub.add_parser("generate", help="text to image; saves PNGs with their settings")
-    gen.add_argument("--prompt", required=True, help="what to draw")
-    gen.add_argument("--seed", type=int, default=-1, help="-1 (default): random; image k of a batch uses seed + k")
-    gen.add_argument("--out", type=Path, default=None, help="folder for the images (default: --outputs-dir)")
-    gen.add_argument("--preset", default=None, help="named settings from the presets folder (see `python -m studio presets`)")
-    gen.add_argument("--model", default=None, help="a name in the models folder, a diffusers folder, a .safetensors file or a hub id")
-    gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--sampler", default=None, help="e.g. 'Euler', 'Euler a', 'DPM++ 2M Karras'")
-    gen.add_argument("--steps", type=int, default=None)
-    gen.add_argument("--cfg", type=float, default=None, help="guidance scale")
-    gen.add_argument("--cfg-rescale", type=float, default=None, help="guidance rescale, 0 to 1")
-    gen.add_argument("--width", type=int, default=None, help="0: the model's native size")
-    gen.add_argument("--height", type=int, default=None, help="0: the model's native size")
-    gen.add_argument("--batch", type=int, default=None, help="images per run")
-    gen.add_argument("--presets-dir", type=Path, default=PRESETS_DIR, help="folder of preset YAML files")
-    add_model_flags(gen)
+    _generation_flags(gen)
+
+    con = sub.add_parser("control", help="text to image with ControlNets; maps from drawings, images, poses or ready maps",
+                         epilog="e.g. --unit shapes-v1-canny scribble star.png --unit shapes-v1-pose pose waving")
+    _generation_flags(con)
+    con.add_argument("--unit", nargs=3, action="append", required=True, metavar=("CONTROLNET", "ANNOTATOR", "INPUT"),
+                     help=f"a ControlNet, how its map is made ({', '.join(ANNOTATORS)}) and its input: an image file "
+                          f"(scribble: a drawing, canny: a photo, none: a ready map), or for pose an OpenPose JSON file "
+                          f"or a preset ({', '.join(POSE_PRESETS[:5])}, ...). Repeat for several ControlNets.")
+    con.add_argument("--scale", type=float, action="append", default=None, help="conditioning scale per --unit (default 1)")
+    con.add_argument("--maps", type=Path, default=None, help="also save the control maps into this folder")
+
+    inv = sub.add_parser("inverse", help="inpainting, deblurring, super-resolution by DPS; saves DPS and baseline PNGs")
+    inv.add_argument("--image", type=Path, required=True, help="the clean image (the measurement is made from it), or with "
+                                                                "--measured the measurement itself")
+    inv.add_argument("--operator", default="inpainting", choices=list(OPERATORS))
+    inv.add_argument("--measured", action="store_true", help="the image already is the measurement (no scores)")
+    seen = set()
+    for cls in OPERATORS.values():
+        for p in cls.params:
+            if p.name not in seen:
+                seen.add(p.name)
+                kind = int if isinstance(p.default, int) else float
+                inv.add_argument(f"--{p.name.replace('_', '-')}", type=kind, default=None,
+                                 help=f"{p.label} ({', '.join(c.name for c in OPERATORS.values() if p in c.params)})")
+    inv.add_argument("--hole", type=Path, default=None, help="inpainting: a mask image, white where pixels are missing")
+    for name, kind, helptext in (("sigma", float, "measurement noise on the [-1, 1] scale"), ("zeta", float, "DPS step size"),
+                                 ("strength", float, "start strength; 1 = from pure noise"), ("steps", int, None),
+                                 ("seed", int, None), ("sampler", str, None), ("prompt", str, None), ("model", str, None)):
+        inv.add_argument(f"--{name}", type=kind, default=None, help=helptext)
+    inv.add_argument("--out", type=Path, default=None, help="folder for the images (default: --outputs-dir)")
+    inv.add_argument("--json", action="store_true", help="print the scores as JSON")
+    add_model_flags(inv)
+
+    swp = sub.add_parser("sweep", help="a grid of CFG scales by seeds (or sampler, steps, ...); every cell saved")
+    _generation_flags(swp)
+    swp.add_argument("--scales", default="1, 3, 5, 7", help="CFG scales, the columns")
+    swp.add_argument("--axis", default="seed", choices=list(AXES), help="what varies along the rows")
+    swp.add_argument("--values", default="", help="row values for axes other than seed, comma-separated")
+    swp.add_argument("--rows", type=int, default=2, help="rows when the axis is seed")
+    swp.add_argument("--json", action="store_true", help="print the per-column metrics as JSON")
 
     pre = sub.add_parser("presets", help="list the presets (name and description)")
     pre.add_argument("--presets-dir", type=Path, default=PRESETS_DIR, help="folder of preset YAML files")
@@ -72,28 +127,108 @@ def build_request(args: argparse.Namespace, presets_dir: Path) -> Txt2ImgRequest
     return req
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    config = _config(args)
-    req = build_request(args, config.presets_dir)
+def _run(config, events, model_spec: str) -> list:
+    """Print a job's progress to stderr and its saved files to stdout; returns its final events (Result, SweepSummary)."""
     from studio.manager import ModelManager  # heavy import, only where a model runs
 
     manager = ModelManager(config)
+    finals = []
     try:
-        for event in txt2img(manager, req):
+        for event in events(manager):
             if isinstance(event, Step):
-                print(f"step {event.i}/{event.n}  {event.metrics.get('it_per_s', 0.0):.1f} it/s", file=sys.stderr, flush=True)
+                print(f"{event.phase + ' ' if event.phase else ''}step {event.i}/{event.n}  "
+                      f"{event.metrics.get('it_per_s', 0.0):.1f} it/s", file=sys.stderr, flush=True)
             elif isinstance(event, Notice):
                 print(f"note: {event.text}", file=sys.stderr, flush=True)
+            elif isinstance(event, Cell):
+                print(f"saved {event.path}  row {event.row} col {event.col}  {event.row_label}  {event.col_label}", flush=True)
             elif isinstance(event, Result):
-                for path, seed in zip(event.paths, event.seeds):
+                for path, seed in zip(event.paths, event.seeds * len(event.paths)):
                     print(f"saved {path}  seed {seed}", flush=True)
+                finals.append(event)
+            elif isinstance(event, (SweepSummary, Maps)):
+                finals.append(event)
     except ModelError as e:
         known = sources.list_models(config)
-        if req.model not in known and not Path(req.model).expanduser().exists():
+        if model_spec not in known and not Path(model_spec).expanduser().exists():
             listed = ", ".join(known) or "none"
             raise ModelError(f"{e} Models found (in {config.assets_dir} and {config.models_dir}): {listed}. "
                              "Put weights in the models folder or pass --models-dir.") from e
         raise
+    return finals
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    config = _config(args)
+    req = build_request(args, config.presets_dir)
+    _run(config, lambda manager: txt2img(manager, req), req.model)
+    return 0
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(Image.open(path).convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise RequestError(f"Could not read the image {path}: {e}") from e
+
+
+def unit_from_flags(net: str, annotator: str, given: str, scale: float) -> ControlUnitRequest:
+    if annotator == "pose":
+        path = Path(given)
+        if path.is_file():
+            text = path.read_text()
+        elif given in POSE_PRESETS:
+            from studio.control.annotators import pose_to_json
+
+            text = pose_to_json(preset_pose(given), (64, 64))
+        else:
+            raise RequestError(f"--unit {net} pose {given}: give an OpenPose JSON file or a preset ({', '.join(POSE_PRESETS)}).")
+        return ControlUnitRequest(net, MapSource("pose", pose=text), scale)
+    return ControlUnitRequest(net, MapSource(annotator, _read_image(Path(given))), scale)
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    config = _config(args)
+    base = build_request(args, config.presets_dir)
+    scales = args.scale or []
+    units = tuple(unit_from_flags(net, kind, given, scales[k] if k < len(scales) else 1.0)
+                  for k, (net, kind, given) in enumerate(args.unit))
+    finals = _run(config, lambda manager: controlnet(manager, ControlNetRequest(base, units)), base.model)
+    if args.maps is not None:
+        args.maps.mkdir(parents=True, exist_ok=True)
+        for event in finals:
+            if isinstance(event, Maps):
+                for k, m in enumerate(event.maps):
+                    Image.fromarray(m).save(args.maps / f"control-map-{k}.png")
+                    print(f"map {args.maps / f'control-map-{k}.png'}", flush=True)
+    return 0
+
+
+def cmd_inverse(args: argparse.Namespace) -> int:
+    config = _config(args)
+    given = {k: v for k, v in vars(args).items() if v is not None and k in InverseRequest.__dataclass_fields__}
+    hole = (_read_image(args.hole)[..., 0] > 127).astype(np.uint8) if args.hole is not None else None
+    req = InverseRequest(**{**given, "image": _read_image(args.image), "from_clean": not args.measured, "hole": hole})
+    finals = _run(config, lambda manager: inverse(manager, req), req.model)
+    metrics = finals[-1].metrics
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print("  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    config = _config(args)
+    base = build_request(args, config.presets_dir)
+    req = SweepRequest(base, parse_scales(args.scales), args.axis, parse_axis_values(args.axis, args.values), args.rows)
+    finals = _run(config, lambda manager: sweep(manager, req), base.model)
+    summary = finals[-1]
+    if args.json:
+        print(json.dumps(summary.columns, indent=2))
+    else:
+        for column in summary.columns:
+            print("  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in column.items()))
     return 0
 
 
@@ -118,7 +253,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "presets": cmd_presets, "models": cmd_models}
+COMMANDS = {"generate": cmd_generate, "control": cmd_control, "inverse": cmd_inverse, "sweep": cmd_sweep,
+            "presets": cmd_presets, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS_MODELS = ROOT / "assets" / "models"
 ASSETS_CONTROLNETS = ROOT / "assets" / "controlnets"
+ASSETS_SAMPLES = ROOT / "assets" / "samples"  # example images for the pages (PNG)
 PRESETS_DIR = ROOT / "presets"
 DEFAULT_MODEL = "shapes-v1"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -35,6 +36,7 @@ class StudioConfig:
     outputs_dir: Path = field(default_factory=lambda: ROOT / "outputs")
     assets_dir: Path = ASSETS_MODELS
     controlnets_dir: Path = ASSETS_CONTROLNETS  # the embedded ControlNets
+    samples_dir: Path = ASSETS_SAMPLES
     presets_dir: Path = PRESETS_DIR
     offload: bool = False
     allow_pickle: bool = False

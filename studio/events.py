@@ -1,20 +1,25 @@
-"""The records jobs yield: Step while running, Result at the end, Notice for the user; Cell and SweepSummary for sweeps."""
+"""The records jobs yield: Step while running, Result at the end, Notice for the user; Maps, Cell and SweepSummary
+for the jobs that have them. Each names what it carries: no positional image lists, no arrays among the metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 
 @dataclass
 class Step:
-    """One denoising step done: `i` of `n` (1-based), with an optional preview of the current x0-hat."""
+    """One denoising step done: `i` of `n` (1-based), with an optional preview of the current x0-hat.
+
+    `phase` names the run a step belongs to when a job has several (the inverse job: "dps", then "baseline")."""
 
     i: int
     n: int
     preview: list[Image.Image] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    phase: str = ""
 
 
 @dataclass
@@ -25,14 +30,27 @@ class Notice:
 
 
 @dataclass
+class Maps:
+    """The control maps a ControlNet job built, one per ControlNet, at the size it samples (uint8 HxWx3)."""
+
+    maps: list[np.ndarray]
+    size: tuple[int, int]  # (height, width)
+
+
+@dataclass
 class Result:
-    """Finished images, the settings text of each (A1111 form) and where each was saved."""
+    """Finished images, the settings text of each (A1111 form) and where each was saved.
+
+    `named` holds a job's other images by role (the inverse job: "baseline", "measurement", "clean", "start");
+    `pixels` the finished images as floats in [0, 1], (N, H, W, 3), before the 8-bit rounding of the PNGs."""
 
     images: list[Image.Image]
     infotexts: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    named: dict[str, Image.Image] = field(default_factory=dict)
+    pixels: np.ndarray | None = None
 
 
 @dataclass
@@ -50,7 +68,7 @@ class Cell:
 
 @dataclass
 class SweepSummary:
-    """A sweep's end: per column {"scale", "adherence", "diversity"} (None without an evaluator) and the wall time."""
+    """A sweep's end: per column {"scale", "adherence", "diversity"} (None without a judge) and the wall time."""
 
     columns: list[dict] = field(default_factory=list)
     seconds: float = 0.0

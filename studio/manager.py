@@ -18,6 +18,8 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from studio import sources
 from studio.config import StudioConfig
 from studio.errors import ModelError, StudioError
+from studio.judges import Judges
+from studio.judges import load as load_judges
 from studio.sampling.previews import LATENT_RGB_FACTORS, LATENT_RGB_FILE, latent_family
 
 
@@ -41,20 +43,11 @@ class LoadedModel:
         return latent_family(dict(self.pipe.vae.config), dict(self.pipe.unet.config))
 
     @cached_property
-    def evaluator(self):
-        """The embedded suite's attribute classifier of clean images (evaluator/ in the folder), or None."""
-        from studio.shapes import evaluator
-
-        folder = Path(self.source.location) / "evaluator"
-        return evaluator.load(folder, self.pipe._execution_device) if folder.is_dir() else None  # frozen by load
-
-    @cached_property
-    def noisy_classifier(self):
-        """A noise-aware classifier of x_t for classifier guidance (noisy_classifier/ in the folder), or None."""
-        from studio.shapes import noisy_classifier
-
-        folder = Path(self.source.location) / "noisy_classifier"
-        return noisy_classifier.load(folder, self.pipe._execution_device) if folder.is_dir() else None
+    def judges(self) -> Judges | None:
+        """The folder's optional judges (judges.json: e.g. the embedded suite's evaluator and noise-aware classifier)."""
+        if self.source.kind != "folder":
+            return None
+        return load_judges(self.source.location, self.pipe._execution_device)
 
     @cached_property
     def latent_rgb(self) -> tuple[list[list[float]], list[float]] | None:
@@ -265,9 +258,10 @@ class ModelManager:
         from studio.control import controlnet
 
         with self._lock:
-            key = controlnet.resolve_controlnet(spec, self.config)[0]
+            source = sources.resolve(spec, self.config, sources.CONTROLNETS)
+            key = source.location
             if key not in self._controlnets:
-                net = controlnet.load_controlnet(spec, self.config)
+                net = controlnet.load_controlnet(source, self.config)
                 while len(self._controlnets) >= MAX_CONTROLNETS:
                     self._controlnets.popitem(last=False)
                 self._controlnets[key] = net

@@ -1,9 +1,11 @@
-"""Where weights come from: the embedded suite in assets/, a local diffusers folder, a single-file checkpoint,
-or a hub id (only when online). Safetensors first; pickle checkpoints only when allowed."""
+"""Where weights come from: one resolver for pipelines and ControlNets alike. A spec is a name in the embedded
+assets or the models folder, a local folder, a single-file checkpoint (pipelines only), or a hub id (only when
+online). Safetensors first; pickle checkpoints only when allowed."""
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def check_safetensors(path: Path) -> None:
 
 
 def check_folder(path: Path, allow_pickle: bool) -> None:
-    """A diffusers folder: model_index.json plus readable weights for each component."""
+    """A diffusers pipeline folder: model_index.json plus readable weights for each component."""
     if not (path / "model_index.json").is_file():
         found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
         raise ModelError(
@@ -66,38 +68,85 @@ def check_folder(path: Path, allow_pickle: bool) -> None:
         )
 
 
-def resolve(spec: str, config: StudioConfig) -> ModelSource:
-    """Turn a model spec (embedded name, folder, file, hub id) into a checked ModelSource, or raise ModelError."""
+def is_controlnet_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "ControlNet" in json.loads(config.read_text()).get("_class_name", "")
+    except (ValueError, OSError):
+        return False
+
+
+def check_controlnet_folder(path: Path, allow_pickle: bool) -> None:
+    """A diffusers ControlNetModel folder: config.json naming a ControlNet, and readable weights."""
+    if not is_controlnet_folder(path):
+        raise ModelError(f"{path.name!r} is a folder but not a ControlNet (its config.json should name ControlNetModel).")
+    weights = sorted(path.glob("*.safetensors"))
+    for f in weights:
+        check_safetensors(f)
+    if not weights:
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if not pickles:
+            raise ModelError(f"ControlNet folder {path} has no weights (.safetensors).")
+        if not allow_pickle:
+            raise ModelError(f"ControlNet folder {path} has only pickle weights ({', '.join(pickles)}), which can run code "
+                             "when loaded. Convert them to safetensors, or start the studio with --allow-pickle if you trust them.")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """One kind of weights: where named ones live, what a folder of that kind is, how it is checked."""
+
+    what: str  # "model", "ControlNet": for messages
+    bases: Callable[[StudioConfig], list[tuple[Path, bool]]]  # (folder, embedded), searched in order for plain names
+    is_folder: Callable[[Path], bool]
+    check: Callable[[Path, bool], None]
+    single_files: bool  # whether a .safetensors checkpoint is one of these
+    download_to: str  # where a downloaded hub id goes, relative to the studio folder
+
+
+MODELS = Catalog("model", lambda c: [(Path(c.assets_dir), True), (Path(c.models_dir), False)],
+                 lambda p: (p / "model_index.json").is_file(), check_folder, True, "models/{name}")
+CONTROLNETS = Catalog("ControlNet", lambda c: [(Path(c.controlnets_dir), True), (Path(c.models_dir) / "controlnet", False)],
+                      is_controlnet_folder, check_controlnet_folder, False, "models/controlnet/{name}")
+
+
+def resolve(spec: str, config: StudioConfig, catalog: Catalog = MODELS) -> ModelSource:
+    """Turn a spec (embedded name, folder, file, hub id) into a checked ModelSource of the catalog's kind, or raise ModelError."""
     spec = (spec or "").strip()
+    what = catalog.what
     if not spec:
-        raise ModelError("No model chosen. Pick one from the list, or type a diffusers folder, a .safetensors file or a hub id.")
-    # 1. A name in the embedded suite or the models folder. Only a plain relative name: joining an absolute path
+        files = ", a .safetensors file" if catalog.single_files else ""
+        raise ModelError(f"No {what} chosen. Pick one from the list, or type a diffusers folder{files} or a hub id.")
+    # 1. A name in the embedded assets or the models folder. Only a plain relative name: joining an absolute path
     # (or one with ~ or ..) to a base folder would yield that path itself, marked embedded.
     as_path = Path(spec)
     is_name = not as_path.is_absolute() and not spec.startswith("~") and ".." not in as_path.parts
-    for base, embedded in ((config.assets_dir, True), (config.models_dir, False)) if is_name else ():
-        candidate = Path(base) / spec
+    for base, embedded in catalog.bases(config) if is_name else ():
+        candidate = base / spec
         if candidate.is_dir():
-            check_folder(candidate, config.allow_pickle)
+            catalog.check(candidate, config.allow_pickle)
             return ModelSource(spec, "folder", str(candidate), embedded)
-        if candidate.is_file():
+        if candidate.is_file() and catalog.single_files:
             return _file_source(spec, candidate, config, embedded)
     # 2. A path on disk.
-    path = Path(spec).expanduser()
+    path = as_path.expanduser()
     if path.is_dir():
-        check_folder(path, config.allow_pickle)
+        catalog.check(path, config.allow_pickle)
         return ModelSource(spec, "folder", str(path.resolve()))
-    if path.is_file():
+    if path.is_file() and catalog.single_files:
         return _file_source(spec, path, config)
-    looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or Path(spec).suffix in (".safetensors",) + PICKLE_SUFFIXES
+    looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or as_path.suffix in (".safetensors",) + PICKLE_SUFFIXES
     if looks_like_path or not HUB_ID.match(spec):
-        raise ModelError(f"Model {spec!r} not found: no such folder or file, and it is not one of the listed models.")
+        raise ModelError(f"{what[0].upper() + what[1:]} {spec!r} not found: no such folder or file, and it is not one of "
+                         f"the listed {what}s.")
     # 3. A hub id.
     if not config.online:
+        target = catalog.download_to.format(name=spec.split("/")[-1])
         raise ModelError(
             f"{spec!r} looks like a hub id, but the studio is offline. Download it on a connected machine "
-            f"(e.g. `hf download {spec} --local-dir models/{spec.split('/')[-1]}`), then pick that folder, "
-            "or start with --online."
+            f"(e.g. `hf download {spec} --local-dir {target}`), then pick that folder, or start with --online."
         )
     return ModelSource(spec, "hub", spec)
 
@@ -116,14 +165,22 @@ def _file_source(spec: str, path: Path, config: StudioConfig, embedded: bool = F
     return ModelSource(spec, "single_file", str(path.resolve()), embedded)
 
 
-def list_models(config: StudioConfig) -> list[str]:
-    """Choices for the model picker: embedded suite first, then the models folder."""
+def list_names(config: StudioConfig, catalog: Catalog = MODELS) -> list[str]:
+    """Choices for a picker: the embedded ones first, then the models folder's."""
     names: list[str] = []
-    for base in (Path(config.assets_dir), Path(config.models_dir)):
+    for base, _ in catalog.bases(config):
         if not base.is_dir():
             continue
         for p in sorted(base.iterdir()):
-            if (p.is_dir() and (p / "model_index.json").is_file()) or p.suffix == ".safetensors":
-                if p.name not in names:
-                    names.append(p.name)
+            fits = catalog.is_folder(p) if p.is_dir() else (catalog.single_files and p.suffix == ".safetensors")
+            if fits and p.name not in names:
+                names.append(p.name)
     return names
+
+
+def list_models(config: StudioConfig) -> list[str]:
+    return list_names(config, MODELS)
+
+
+def list_controlnets(config: StudioConfig) -> list[str]:
+    return list_names(config, CONTROLNETS)

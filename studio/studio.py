@@ -1,12 +1,8 @@
 """The Studio: settings, the one model manager and the presets, created once in app.py and handed to every tab."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from studio import sources
 from studio.config import DEFAULT_MODEL, StudioConfig
-from studio.errors import StudioError
 from studio.manager import ModelManager
 from studio.presets import Preset, load_presets
 
@@ -19,16 +15,6 @@ class Studio:
 
     def model_choices(self) -> list[str]:
         return sources.list_models(self.config)
-
-    def native_size(self, spec: str | None) -> int:
-        """A model's native image side from its configs (no weights loaded); 512 when it cannot be read."""
-        try:
-            folder = Path(sources.resolve(spec or "", self.config).location)
-            unet = json.loads((folder / "unet" / "config.json").read_text())
-            vae = json.loads((folder / "vae" / "config.json").read_text())
-            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-        except (StudioError, OSError, ValueError, KeyError, TypeError):
-            return 512
 
     def default_model(self) -> str | None:
         """The embedded suite when it is installed, else the first model found, else None."""

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from studio.control import annotators, detect
+from studio.control import annotators, detect, maps
 from studio.control.pose import COLOURS, KEYPOINT_NAMES, MIRRORED, POSE_PRESETS, move_joint, preset_pose
 from studio.errors import RequestError
 from studio.shapes import scenes
@@ -14,7 +14,7 @@ from studio.shapes import scenes
 def test_canny_finds_the_border_of_a_drawn_square():
     img = np.zeros((64, 64, 3), np.uint8)
     cv2.rectangle(img, (16, 16), (47, 47), (255, 0, 0), -1)
-    edges = annotators.get_annotator("canny")(img)
+    edges = maps.build_map(maps.MapSource("canny", img), (64, 64))  # through the registry the ControlNet job uses
     assert edges.shape == (64, 64, 3) and edges.dtype == np.uint8
     on_border = edges[14:50, 14:50, 0] > 0
     assert edges[..., 0].sum() == edges[14:50, 14:50, 0].sum()  # nothing away from the square
@@ -25,7 +25,7 @@ def test_canny_finds_the_border_of_a_drawn_square():
 def test_scribble_turns_dark_strokes_on_white_into_white_on_black():
     img = np.full((64, 64, 3), 255, np.uint8)
     cv2.line(img, (5, 5), (58, 58), (0, 0, 0), 2)
-    out = annotators.get_annotator("scribble")(img)
+    out = maps.build_map(maps.MapSource("scribble", img), (64, 64))
     assert out[32, 32, 0] == 255 and out[5, 58, 0] == 0
 
 
@@ -56,7 +56,7 @@ def test_malformed_pose_json_is_a_clear_message(text, words):
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda: annotators.get_annotator("depth"), "Known annotators: canny, scribble, pose"),
+    (lambda: maps.get_annotator("depth"), "Known annotators: scribble, canny, pose, none"),
     (lambda: annotators.canny(None), "No image"),
     (lambda: annotators.canny(np.zeros((64, 64, 3), np.uint8), 200, 100), "low < high"),
     (lambda: annotators.canny(np.array("text")), "not an image"),
@@ -73,8 +73,10 @@ def _shape_of(kp: np.ndarray) -> np.ndarray:
     return kp / np.linalg.norm(kp)
 
 
-def test_presets_are_the_training_poses_and_their_mirror_images():
-    assert POSE_PRESETS == scenes.POSES + tuple(p + MIRRORED for p in scenes.POSES)
+def test_presets_are_the_poses_the_training_figures_take_and_their_mirror_images():
+    rng = np.random.default_rng(1)
+    drawn = {scenes.make_scene(rng, kind="figure").figure.pose for _ in range(60)}
+    assert set(POSE_PRESETS) == {p + m for p in drawn for m in ("", MIRRORED)}
 
 
 @pytest.mark.parametrize("name", POSE_PRESETS)

@@ -45,9 +45,9 @@ def test_sketch_to_image_shows_the_map_and_generates(app_url, page, tmp_path):  
     url, outputs = app_url
     _open(page, url)
     page.locator("#cn-generate").click()  # nothing drawn yet: a message, not a dead page
-    page.locator("#cn-status .status-error").get_by_text("draw something").wait_for(timeout=30_000)
+    page.locator("#cn-status-line .status-error").get_by_text("draw something").wait_for(timeout=30_000)
     _draw_star(page)
-    page.locator("#cn-prompt textarea").fill("a red star")
+    page.locator("#cn-prompt-box textarea").fill("a red star")
     page.locator("#cn-show-maps").click()
     page.locator("#cn0-map img").first.wait_for(timeout=30_000)
     control = _map(page, tmp_path, 0)
@@ -55,7 +55,7 @@ def test_sketch_to_image_shows_the_map_and_generates(app_url, page, tmp_path):  
     ys, xs = np.nonzero(control[..., 0] > 127)
     assert len(xs) > 30 and xs.mean() < 32 and ys.mean() < 32  # the star was drawn up and left
     page.locator("#cn-generate").click()
-    page.locator("#cn-status").get_by_text("Done").wait_for(timeout=180_000)
+    page.locator("#cn-status-line").get_by_text("Done").wait_for(timeout=180_000)
     assert page.locator("#cn-gallery img").count() >= 1
     page.screenshot(path=SCREENSHOT, full_page=True)
     saved = list(outputs.rglob("*.png"))
@@ -74,12 +74,12 @@ def test_pose_preset_drives_the_pose_controlnet(app_url, page, tmp_path):  # noq
     assert '"pose_keypoints_2d"' in page.locator("#cn0-pose-json textarea").input_value()
     page.locator("#cn0-pose-json textarea").fill("{not json")
     page.locator("#cn-generate").click()
-    page.locator("#cn-status .status-error").get_by_text("not an OpenPose pose file").wait_for(timeout=30_000)
+    page.locator("#cn-status-line .status-error").get_by_text("not an OpenPose pose file").wait_for(timeout=30_000)
     page.locator("#cn0-preset input").click()
     page.get_by_role("option", name="waving", exact=True).click()
     page.wait_for_timeout(500)
-    page.locator("#cn-prompt textarea").fill("a person in a green shirt waving")
+    page.locator("#cn-prompt-box textarea").fill("a person in a green shirt waving")
     page.locator("#cn-generate").click()
-    page.locator("#cn-status").get_by_text("Done").wait_for(timeout=180_000)
+    page.locator("#cn-status-line").get_by_text("Done").wait_for(timeout=180_000)
     pose_map = _map(page, tmp_path, 0)
     assert (pose_map.reshape(-1, 3).max(1) > 100).sum() > 50  # the coloured skeleton is shown

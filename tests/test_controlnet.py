@@ -10,7 +10,11 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
 from conftest import tiny_components
-from studio.control.controlnet import ControlInput, list_controlnets
+from studio.control.controlnet import ControlInput
+from studio.control.maps import build_map, pose_for_size
+from studio.sources import list_controlnets
+
+LABELS = {"Sketch": "scribble", "Image → Canny edges": "canny", "Pose": "pose", "Ready-made map": "none"}
 from studio.errors import ModelError, RequestError
 from studio.events import Notice, Result
 from studio.jobs import Txt2ImgRequest, txt2img
@@ -69,18 +73,18 @@ def test_matches_stable_diffusion_controlnet_pipeline(manager, tiny_model_dir, c
                     guidance_scale=5.0, height=48, width=64, num_images_per_prompt=2, generator=generators,
                     controlnet_conditioning_scale=[0.7, 1.3], control_guidance_start=[0.2, 0.0],
                     control_guidance_end=[0.9, 1.0], output_type="np").images
-    assert result.metrics["pixels"].shape == expected.shape
-    assert np.abs(result.metrics["pixels"] - expected).max() < 1e-3
+    assert result.pixels.shape == expected.shape
+    assert np.abs(result.pixels - expected).max() < 1e-3
     # ...and the ControlNets do change the image.
     plain = run(manager, sampler=sampler, steps=steps, seed=seed, negative_prompt="blue", guidance_scale=5.0,
                 batch_size=2, width=64, height=48)[-1]
-    assert np.abs(plain.metrics["pixels"] - expected).max() > 0.05
+    assert np.abs(plain.pixels - expected).max() > 0.05
 
 
 def test_scale_zero_is_the_plain_image_and_settings_are_saved(manager, controlnets):
     plain = run(manager, steps=3, seed=3, width=64, height=48)[-1]
     off = run(manager, steps=3, seed=3, width=64, height=48, controls=(ControlInput("tiny-cn-a", control_map(1), 0.0, module="canny"),))[-1]
-    assert np.array_equal(plain.metrics["pixels"], off.metrics["pixels"])
+    assert np.array_equal(plain.pixels, off.pixels)
     assert 'ControlNet 0: "Module: canny, Model: tiny-cn-a, Weight: 0' in off.infotexts[0]
 
 
@@ -123,7 +127,11 @@ def test_missing_or_wrong_controlnet_paths(manager, controlnets, tmp_path):
 def test_page_makes_each_kind_of_map_at_the_image_size():
     from studio.control.pose import preset_pose
     from studio.control.annotators import pose_to_json
-    from studio.ui.controlnet import make_map
+    from studio.ui.controlnet import unit_request
+
+    def make_map(source, image, low, high, sketch, drawing, pose, ready, size):  # the page's values, through the job's registry
+        unit = unit_request(True, "net", LABELS[source], image, low, high, sketch, drawing, pose, ready, 1.0, 0.0, 1.0)
+        return build_map(unit.source, size)
 
     size = (64, 64)
     drawing = np.full((512, 512, 4), 0, np.uint8)  # a sketchpad layer: transparent, with black strokes
@@ -142,8 +150,6 @@ def test_page_makes_each_kind_of_map_at_the_image_size():
     pose = make_map("Pose", None, 100, 200, None, None, text, None, size=size)
     expected = make_map("Pose", None, 100, 200, None, None, pose_to_json(preset_pose("waving"), size), None, size=size)
     assert np.abs(pose.astype(int) - expected).mean() < 12  # the same figure, scaled from its canvas
-    from studio.ui.controlnet import pose_for_size
-
     wide = pose_for_size(text, (64, 128))  # a square canvas on a wide image: centred, not stretched
     square = pose_for_size(text, (64, 64))
     assert np.allclose(wide, square + np.array([32, 0]), equal_nan=True)
@@ -156,15 +162,16 @@ def test_page_makes_each_kind_of_map_at_the_image_size():
     ("Ready-made map", "drop a control map"),
 ])
 def test_page_says_what_a_map_is_missing(source, message):
-    from studio.ui.controlnet import make_map
+    from studio.ui.controlnet import unit_request
 
     empty_sketch = {"composite": np.zeros((512, 512, 4), np.uint8)}
+    unit = unit_request(True, "net", LABELS[source], None, 100, 200, empty_sketch, None, "{broken", None, 1.0, 0.0, 1.0)
     with pytest.raises(RequestError, match=message):
-        make_map(source, None, 100, 200, empty_sketch, None, "{broken", None, size=(64, 64))
+        build_map(unit.source, (64, 64))
 
 
 def test_bar_metrics_on_known_images():
-    from studio.control import evaluate as E
+    from studio.shapes import evaluate_controlnet as E
     from studio.shapes import scenes
 
     square = np.zeros((64, 64, 3), np.uint8)

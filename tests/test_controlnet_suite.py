@@ -1,4 +1,4 @@
-"""The embedded ControlNets against their bars, on a small fixed sample of fresh scenes (the full run: studio.control.evaluate)."""
+"""The embedded ControlNets against their bars, on a small fixed sample of fresh scenes (the full run: studio.shapes.evaluate_controlnet)."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,11 @@ import pytest
 
 from studio.config import ASSETS_CONTROLNETS, ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
 from studio.control import annotators
-from studio.control import evaluate as E
-from studio.control.controlnet import ControlInput, list_controlnets
+from studio.control.controlnet import ControlInput
+from studio.sources import list_controlnets
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
+from studio.shapes import evaluate_controlnet as E
 from studio.shapes import evaluator as ev
 from studio.shapes import scenes
 

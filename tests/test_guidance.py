@@ -14,7 +14,7 @@ from studio.sampling.guidance import GradientGuidance
 from studio.sampling.loop import LoopState
 from studio.sampling.schedulers import make_scheduler
 from studio.shapes import evaluator as ev
-from studio.shapes import scenes
+from studio.shapes import attributes
 
 SUITE = str(ASSETS_MODELS / DEFAULT_MODEL)
 
@@ -71,7 +71,7 @@ def test_bad_guidance_settings_are_clear_messages(manager, changes, words):
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     manager = ModelManager(StudioConfig(outputs_dir=tmp_path_factory.mktemp("out"), models_dir=tmp_path_factory.mktemp("m")))
-    return manager, manager.get(SUITE).evaluator
+    return manager, manager.get(SUITE).judges.image_logits  # the suite ships judges (judges.json)
 
 
 def target_probability(suite, **changes) -> np.ndarray:
@@ -80,7 +80,7 @@ def target_probability(suite, **changes) -> np.ndarray:
     result = [e for e in txt2img(manager, req) if isinstance(e, Result)][0]
     x = ev.images_to_tensor(np.stack([np.asarray(im) for im in result.images]))
     with torch.no_grad():
-        return torch.softmax(judge(x)["shape"], 1)[:, scenes.SHAPES.index("star")].numpy()
+        return torch.softmax(judge(x)["shape"], 1)[:, attributes.SHAPES.index("star")].numpy()
 
 
 def test_classifier_guidance_steers_an_unconditional_sample_toward_the_target(suite):
@@ -112,7 +112,7 @@ def test_text_guidance_raises_the_judged_probability_of_the_prompt(suite):
 
 def test_emptied_boxes_mean_defaults_in_the_generate_tab():
     """gr.Number boxes emptied by the user arrive as None: the request uses the field's default, not a TypeError."""
-    from studio.ui.generate import FIELDS, request_from_form
+    from studio.ui.form import FIELDS, request_from_form
 
     values = {"model": "tiny-sd", "prompt": "x", "seed": None, "width": None, "height": None, "steps": 3.0}
     req = request_from_form([values.get(k, getattr(Txt2ImgRequest(), k)) for k in FIELDS])

@@ -8,7 +8,7 @@ from PIL import Image
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
 from studio.errors import RequestError
 from studio.events import Notice, Result, Step
-from studio.inverse.job import InverseRequest, inverse
+from studio.jobs import InverseRequest, inverse
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
 from studio.shapes import scenes
@@ -39,8 +39,12 @@ def test_streams_residual_and_previews(manager):
                          kernel_size=5, intensity=1.0, steps=4, sampler="DDIM", preview_every=2, baseline=True, strength=1.0)
     steps = [e for e in events if isinstance(e, Step)]
     assert len(steps) == 4 and all("residual_rms" in s.metrics for s in steps)
-    assert [s.i for s in steps if s.preview] == [2, 4] and len(steps[1].preview) == 2  # x0-hat and current sample
-    assert len(result.images) == 4 and "baseline_psnr" in result.metrics
+    assert all(s.phase == "dps" for s in steps)
+    # Previews every 2 steps, but not on the last: the result follows it at once (as in every job).
+    assert [s.i for s in steps if s.preview] == [2] and len(steps[1].preview) == 2  # x0-hat and current sample
+    assert len(result.images) == 1 and set(result.named) == {"baseline", "measurement", "clean"}
+    assert result.named["measurement"].size == result.images[0].size  # shown at full size
+    assert "baseline_psnr" in result.metrics
 
 
 @pytest.mark.parametrize("sampler", ["DDPM", "DDIM", "Euler a", "DPM++ 2M"])

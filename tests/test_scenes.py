@@ -1,10 +1,18 @@
-"""Tests for the procedural shapes/figures data set (studio.shapes.scenes) and the OpenPose renderer."""
+"""Tests for the procedural shapes/figures data set (studio.shapes: scenes, drawing, captions, prompts) and the OpenPose renderer."""
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
+from studio.config import ASSETS_MODELS, DEFAULT_MODEL
+from studio.control.annotators import canny
 from studio.control.pose import COLOURS as POSE_COLOURS
 from studio.control.pose import KEYPOINT_NAMES, LIMB_PAIRS, render_pose_map
+from studio.shapes import attributes as A
+from studio.shapes import captions as C
+from studio.shapes import drawing as D
+from studio.shapes import models as M
+from studio.shapes import prompts as P
 from studio.shapes import scenes as S
 
 
@@ -14,13 +22,12 @@ def many():
 
 
 def test_constants():
-    assert len(S.COLOURS) == 8
-    assert list(S.COLOURS) == ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]
-    cols = np.array(list(S.COLOURS.values()), dtype=float)
+    assert len(A.COLOURS) == 8
+    assert list(A.COLOURS) == ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]
+    cols = np.array(list(A.COLOURS.values()), dtype=float)
     d = np.linalg.norm(cols[:, None] - cols[None], axis=-1)
     assert d[~np.eye(8, dtype=bool)].min() > 60
     assert len(KEYPOINT_NAMES) == 18 and len(LIMB_PAIRS) == 17 and len(POSE_COLOURS) == 18
-    assert S.VOCABULARY == sorted(set(S.VOCABULARY)) and len(S.VOCABULARY) < 150
 
 
 def test_determinism():
@@ -33,13 +40,13 @@ def test_determinism():
 
 
 def test_scene_structure_and_vocabulary(many):
-    vocab = set(S.VOCABULARY)
+    vocab = set(C.VOCABULARY)
     kinds = {"single": 0, "multi": 0, "figure": 0}
     for sc in many:
         assert sc.image.shape == (64, 64, 3) and sc.image.dtype == np.uint8
         assert sc.caption == sc.caption.lower()
         assert all(ch.isalpha() or ch in " ," for ch in sc.caption), sc.caption
-        toks = S.tokenize(sc.caption)
+        toks = C.tokenize(sc.caption)
         assert set(toks) <= vocab, (sc.caption, set(toks) - vocab)
         if sc.kind == "figure":
             kinds["figure"] += 1
@@ -51,32 +58,42 @@ def test_scene_structure_and_vocabulary(many):
             assert sc.count == len(sc.objects) and 1 <= sc.count <= 3
             assert len({(o.shape, o.colour, o.size) for o in sc.objects}) == 1
             for o in sc.objects:  # fully inside the image, not touching the border
-                assert S.EXTENT * o.radius + 1 <= o.centre[0] <= 63 - S.EXTENT * o.radius
-                assert S.EXTENT * o.radius + 1 <= o.centre[1] <= 63 - S.EXTENT * o.radius
+                assert D.EXTENT * o.radius + 1 <= o.centre[0] <= 63 - D.EXTENT * o.radius
+                assert D.EXTENT * o.radius + 1 <= o.centre[1] <= 63 - D.EXTENT * o.radius
             if sc.count == 1:
                 kinds["single"] += 1
-                assert sc.position in S.POSITIONS
+                assert sc.position in A.POSITIONS
             else:
                 kinds["multi"] += 1
                 assert sc.position is None
                 for i, o in enumerate(sc.objects):
                     for p in sc.objects[:i]:
                         dist = np.hypot(o.centre[0] - p.centre[0], o.centre[1] - p.centre[1])
-                        assert dist > S.EXTENT * (o.radius + p.radius)
+                        assert dist > D.EXTENT * (o.radius + p.radius)
     n = len(many)
     assert 0.40 < kinds["single"] / n < 0.60
     assert 0.14 < kinds["multi"] / n < 0.30
     assert 0.20 < kinds["figure"] / n < 0.36
 
 
+def test_vocabulary_is_the_captions_words_and_the_shipped_tokenizer_knows_every_caption(many):
+    """The shipped text encoder was trained on this vocabulary: a caption word it lacks becomes <|unk|>."""
+    words = {w for sc in many for w in C.tokenize(sc.caption)}
+    assert words == set(C.VOCABULARY)  # no caption word missing, no vocabulary word that no caption uses
+    tok = AutoTokenizer.from_pretrained(ASSETS_MODELS / DEFAULT_MODEL / "tokenizer")
+    assert set(tok.get_vocab()) - set(M.SPECIAL_TOKENS) - set(M.PUNCTUATION) == set(C.VOCABULARY)
+    for sc in many:
+        ids = tok(sc.caption)["input_ids"]
+        assert tok.unk_token_id not in ids and len(ids) <= tok.model_max_length, sc.caption
+
 def test_parse_prompt_agrees_with_labels(many):
     n_size = n_pos = n_single = 0
     for sc in many:
-        lab = S.labels(sc)
-        assert set(lab) == set(S.LABEL_KEYS)
-        p = S.parse_prompt(sc.caption)
-        assert set(p) == set(S.LABEL_KEYS)
-        for k in S.LABEL_KEYS:
+        lab = A.labels(sc)
+        assert set(lab) == set(A.LABEL_KEYS)
+        p = P.parse_prompt(sc.caption)
+        assert set(p) == set(A.LABEL_KEYS)
+        for k in A.LABEL_KEYS:
             if p[k] != -1:
                 assert p[k] == lab[k], (sc.caption, k, p, lab)
         # heads every caption states
@@ -95,18 +112,18 @@ def test_parse_prompt_agrees_with_labels(many):
 
 
 def test_parse_user_prompts():
-    p = S.parse_prompt("A Red Star")
-    assert p["kind"] == 0 and p["shape"] == S.SHAPES.index("star") and p["colour"] == 0 and p["count"] == 0
+    p = P.parse_prompt("A Red Star")
+    assert p["kind"] == 0 and p["shape"] == A.SHAPES.index("star") and p["colour"] == 0 and p["count"] == 0
     assert p["size"] == -1 and p["position"] == -1 and p["pose"] == -1
-    p = S.parse_prompt("three small pink stars")
+    p = P.parse_prompt("three small pink stars")
     assert p["count"] == 2 and p["size"] == 0 and p["colour"] == 7 and p["position"] == -1
-    p = S.parse_prompt("a man in an orange shirt waving")
-    assert p["kind"] == 1 and p["colour"] == 1 and p["pose"] == S.POSES.index("waving") and p["shape"] == -1
-    p = S.parse_prompt("a person in a green shirt raising both arms")
-    assert p["pose"] == S.POSES.index("arms up")
-    p = S.parse_prompt("big blue ring, right side")
+    p = P.parse_prompt("a man in an orange shirt waving")
+    assert p["kind"] == 1 and p["colour"] == 1 and p["pose"] == A.POSES.index("waving") and p["shape"] == -1
+    p = P.parse_prompt("a person in a green shirt raising both arms")
+    assert p["pose"] == A.POSES.index("arms up")
+    p = P.parse_prompt("big blue ring, right side")
     assert (p["shape"], p["colour"], p["size"], p["position"]) == (4, 5, 1, 1)
-    assert S.parse_prompt("hello world") == {k: -1 for k in S.LABEL_KEYS}
+    assert P.parse_prompt("hello world") == {k: -1 for k in A.LABEL_KEYS}
 
 
 def _close(px, rgb, tol=12):
@@ -123,15 +140,15 @@ def test_object_pixels_and_figure_shirt(many):
                     thick = max(2, int(round(0.36 * o.radius)))
                     rr = o.radius - thick / 2.0
                     ok = any(
-                        _close(sc.image[int(round(cy + dy)), int(round(cx + dx))], S.COLOURS[o.colour])
+                        _close(sc.image[int(round(cy + dy)), int(round(cx + dx))], A.COLOURS[o.colour])
                         for dx, dy in ((rr, 0), (-rr, 0), (0, rr), (0, -rr))
                     )
                 else:
-                    ok = _close(sc.image[int(round(cy)), int(round(cx))], S.COLOURS[o.colour])
+                    ok = _close(sc.image[int(round(cy)), int(round(cx))], A.COLOURS[o.colour])
                 assert ok, (sc.caption, o)
                 checked_obj += 1
         else:
-            col = np.array(S.COLOURS[sc.figure.colour])
+            col = np.array(A.COLOURS[sc.figure.colour])
             hits = (np.abs(sc.image.astype(int) - col).max(axis=-1) <= 8).sum()
             assert hits >= 6, sc.caption
             checked_fig += 1
@@ -143,13 +160,13 @@ def test_render_batch_workers_identical():
     b_img, b_cap, b_lab = S.render_batch(5, 600, workers=2)
     assert a_img.shape == (600, 64, 64, 3) and a_img.dtype == np.uint8
     assert np.array_equal(a_img, b_img) and a_cap == b_cap
-    assert set(a_lab) == set(S.LABEL_KEYS)
-    for k in S.LABEL_KEYS:
+    assert set(a_lab) == set(A.LABEL_KEYS)
+    for k in A.LABEL_KEYS:
         assert a_lab[k].dtype == np.int64 and np.array_equal(a_lab[k], b_lab[k])
     # consistent with sample_scenes
     sc = S.sample_scenes(5, 300)
     assert all(np.array_equal(s.image, a_img[i]) and s.caption == a_cap[i] for i, s in enumerate(sc))
-    assert [S.labels(s)["colour"] for s in sc] == a_lab["colour"][:300].tolist()
+    assert [A.labels(s)["colour"] for s in sc] == a_lab["colour"][:300].tolist()
 
 
 def test_render_pose_map_joint_colours():
@@ -183,8 +200,8 @@ def test_render_pose_map_joint_colours():
 
 def test_canny_edges_square():
     img = np.full((64, 64, 3), 40, np.uint8)
-    S.draw_object(img, S.SceneObject("square", "red", "big", (32.0, 32.0), 14.0))
-    e = S.canny_edges(img)
+    D.draw_object(img, A.SceneObject("square", "red", "big", (32.0, 32.0), 14.0))
+    e = canny(img)
     assert e.shape == (64, 64, 3) and e.dtype == np.uint8
     assert set(np.unique(e)) <= {0, 255}
     h = 0.86 * 14.0

@@ -149,10 +149,17 @@ def test_path_like_missing_file(config):
     _raises("missing.safetensors", config, "not found")
 
 
-def test_model_error_is_a_studio_error():
-    from studio.errors import StudioError
+def test_a_bad_model_path_reaches_the_page_as_its_own_message(config):
+    """The page shows a StudioError's text as is; any other exception is an "Unexpected error" with a traceback."""
+    from studio.ui.common import guarded
 
-    assert issubclass(ModelError, StudioError)
+    def job():
+        sources.resolve("./missing.safetensors", config)
+        yield "never reached"
+
+    shown = list(guarded(job(), on_event=lambda e: {"event": e}, on_error=lambda text, kind: {"text": text, "kind": kind}))
+    assert len(shown) == 1 and shown[0]["kind"] == "error", shown
+    assert "missing.safetensors" in shown[0]["text"] and "Unexpected" not in shown[0]["text"], shown
 
 
 # ------------------------------------------------------------------ finding models

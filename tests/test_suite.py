@@ -12,6 +12,7 @@ from studio.events import Result
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
 from studio.shapes import evaluate, scenes
+from studio.shapes.prompts import parse_prompt
 from studio.shapes import evaluator as ev
 
 SUITE = ASSETS_MODELS / DEFAULT_MODEL
@@ -61,7 +62,7 @@ def test_prompt_adherence_on_a_fixed_sample(suite_manager, judge):
         req = Txt2ImgRequest(prompt=prompt, seed=1000 + k, steps=25, guidance_scale=evaluate.DEFAULT_CFG,
                              sampler=evaluate.DEFAULT_SAMPLER, preview_every=0, save=False)
         images.append(np.asarray(list(txt2img(suite_manager, req))[-1].images[0]))
-    wanted = [scenes.parse_prompt(p) for p in prompts]
+    wanted = [parse_prompt(p) for p in prompts]
     wanted = {k: np.array([w[k] for w in wanted]) for k in ev.HEADS}
     report = evaluate.adherence_report(ev.predict(judge, np.stack(images)), wanted)
     score = (report["single_shape_and_colour"] * 8 + report["count"] * 8 + report["figure"] * 8) / 24

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from studio.config import ASSETS_MODELS, StudioConfig
@@ -10,7 +11,7 @@ from studio.errors import RequestError
 from studio.events import Cell, SweepSummary
 from studio.jobs import Txt2ImgRequest
 from studio.manager import ModelManager
-from studio.sweep import SweepRequest, parse_axis_values, parse_scales, sweep
+from studio.jobs.sweep import SweepRequest, parse_axis_values, parse_scales, sweep
 
 
 def tiny(**changes) -> Txt2ImgRequest:
@@ -69,6 +70,11 @@ def test_embedded_suite_columns_get_adherence_and_diversity(tmp_path):
     assert sum(isinstance(e, Cell) for e in events) == 4
     summary = events[-1]
     assert [c["scale"] for c in summary.columns] == [1.0, 5.0]
-    for column in summary.columns:
-        assert 0.0 <= column["adherence"] <= 1.0
-        assert column["diversity"] >= 0.0
+    # Each column's numbers are its own cells judged by the model's judges (not another column's, not a constant).
+    judges = suite.get("shapes-v1").judges
+    cells = [e for e in events if isinstance(e, Cell)]
+    for c, column in enumerate(summary.columns):
+        images = np.stack([np.asarray(cell.image.convert("RGB")) for cell in cells if cell.col == c])
+        assert column["adherence"] == pytest.approx(judges.adherence(images, judges.attributes("a big red star")).mean())
+        features = judges.features(images)
+        assert column["diversity"] == pytest.approx(float(np.linalg.norm(features[0] - features[1])), rel=1e-6)

@@ -1,4 +1,4 @@
-"""Control-map annotators (OpenCV): uint8 HxWx3 in, uint8 HxWx3 control map out; a registry by name.
+"""Control-map annotators (OpenCV): uint8 HxWx3 in, uint8 HxWx3 control map out (studio.control.maps dispatches to them).
 
 Canny edges (thresholds 100/200 by default, as the original ControlNet demos), scribbles from a hand drawing,
 and OpenPose-format pose maps from keypoints (presets, or a JSON file in the OpenPose format).
@@ -6,29 +6,12 @@ and OpenPose-format pose maps from keypoints (presets, or a JSON file in the Ope
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from studio.control.pose import KEYPOINT_NAMES, render_pose_map
 from studio.errors import RequestError
-
-ANNOTATORS: dict[str, Callable[..., np.ndarray]] = {}
-
-
-def register_annotator(name: str):
-    def add(fn):
-        ANNOTATORS[name] = fn
-        return fn
-
-    return add
-
-
-def get_annotator(name: str) -> Callable[..., np.ndarray]:
-    if name not in ANNOTATORS:
-        raise RequestError(f"Unknown annotator {name!r}. Known annotators: {', '.join(ANNOTATORS)}.")
-    return ANNOTATORS[name]
 
 
 def as_rgb(image) -> np.ndarray:
@@ -46,7 +29,6 @@ def as_rgb(image) -> np.ndarray:
     return np.clip(arr[..., :3], 0, 255).astype(np.uint8)
 
 
-@register_annotator("canny")
 def canny(image, low: int = 100, high: int = 200) -> np.ndarray:
     """White Canny edges on black."""
     if not 0 <= low < high <= 1000:
@@ -55,7 +37,6 @@ def canny(image, low: int = 100, high: int = 200) -> np.ndarray:
     return np.repeat(cv2.Canny(gray, low, high)[..., None], 3, axis=2)
 
 
-@register_annotator("scribble")
 def scribble(image, threshold: int = 128, width: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """A hand drawing (dark strokes on a light ground, or light on dark) as white strokes on black.
 
@@ -71,7 +52,6 @@ def scribble(image, threshold: int = 128, width: int | None = None, size: tuple[
     return np.repeat(mask[..., None], 3, axis=2)
 
 
-@register_annotator("pose")
 def pose(keypoints: np.ndarray, size: tuple[int, int] = (64, 64)) -> np.ndarray:
     """The OpenPose body map (18 keypoints, standard limb colours on black) for pixel keypoints (NaN = absent)."""
     kp = np.asarray(keypoints, dtype=np.float32)

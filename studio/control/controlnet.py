@@ -1,13 +1,11 @@
-"""ControlNets in the one loop: finding and checking ControlNetModel folders, and the loop's control hook.
+"""ControlNets in the one loop: a request's ControlNets and maps, the loop's control hook, loading and fitting checks.
 
-Where ControlNets come from, in order: the embedded ones (assets/controlnets/<name>), the models folder
-(<models-dir>/controlnet/<name>), a folder path, or a hub id (with --online).
+Where ControlNets come from is `sources.resolve(spec, config, sources.CONTROLNETS)`: the embedded ones
+(assets/controlnets/<name>), the models folder (<models-dir>/controlnet/<name>), a folder path, or a hub id (--online).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,10 +15,7 @@ from diffusers import ControlNetModel
 from studio.config import StudioConfig
 from studio.control.annotators import as_rgb
 from studio.errors import ModelError, RequestError
-from studio.sources import HUB_ID, PICKLE_SUFFIXES, check_safetensors
-
-USER_SUBFOLDER = "controlnet"  # <models-dir>/controlnet/<name>
-
+from studio.sources import ModelSource
 
 @dataclass
 class ControlInput:
@@ -42,14 +37,19 @@ MAX_CONTROL_SCALE = 2.0
 
 def validate_controls(controls) -> None:
     for k, c in enumerate(controls, 1):
-        if not (c.model or "").strip():
-            raise RequestError(f"ControlNet {k}: no ControlNet model chosen.")
+        check_control_settings(k, c.model, c.scale, c.start, c.end)
         if c.image is None:
             raise RequestError(f"ControlNet {k}: no control map. Upload an image, draw a sketch or set a pose first.")
-        if not 0 <= c.scale <= MAX_CONTROL_SCALE:
-            raise RequestError(f"ControlNet {k}: the conditioning scale must be between 0 and {MAX_CONTROL_SCALE:g} (got {c.scale}).")
-        if not 0 <= c.start < c.end <= 1:
-            raise RequestError(f"ControlNet {k}: guidance start/end must satisfy 0 <= start < end <= 1 (got {c.start}-{c.end}).")
+
+
+def check_control_settings(k: int, model: str, scale: float, start: float, end: float) -> None:
+    """ControlNet k's model choice, scale and step window; a message naming it when one is out of range."""
+    if not (model or "").strip():
+        raise RequestError(f"ControlNet {k}: no ControlNet model chosen.")
+    if not 0 <= scale <= MAX_CONTROL_SCALE:
+        raise RequestError(f"ControlNet {k}: the conditioning scale must be between 0 and {MAX_CONTROL_SCALE:g} (got {scale}).")
+    if not 0 <= start < end <= 1:
+        raise RequestError(f"ControlNet {k}: guidance start/end must satisfy 0 <= start < end <= 1 (got {start}-{end}).")
 
 
 def build_units(manager, model, controls, size: tuple[int, int]) -> tuple[list[ControlUnit], list[str]]:
@@ -114,68 +114,12 @@ def control_tensor(control_map, size: tuple[int, int], device, dtype) -> tuple[t
     return tensor[None].to(device=device, dtype=dtype), note
 
 
-# ---------------------------------------------------------------- finding and loading
-def _is_controlnet_folder(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
+# ---------------------------------------------------------------- loading and checking
+def load_controlnet(source: ModelSource, config: StudioConfig) -> ControlNetModel:
+    """A resolved ControlNet (sources.resolve(spec, config, CONTROLNETS)) loaded for inference, gradients off."""
+    spec, local = source.spec, source.kind != "hub"
     try:
-        return "ControlNet" in json.loads(config.read_text()).get("_class_name", "")
-    except (ValueError, OSError):
-        return False
-
-
-def list_controlnets(config: StudioConfig) -> list[str]:
-    """Choices for the ControlNet picker: embedded ones first, then <models-dir>/controlnet/."""
-    names: list[str] = []
-    for base in (Path(config.controlnets_dir), Path(config.models_dir) / USER_SUBFOLDER):
-        if base.is_dir():
-            names += [p.name for p in sorted(base.iterdir()) if _is_controlnet_folder(p) and p.name not in names]
-    return names
-
-
-def resolve_controlnet(spec: str, config: StudioConfig) -> tuple[str, bool]:
-    """(location, is_local) for a ControlNet spec, or a clear ModelError."""
-    spec = (spec or "").strip()
-    if not spec:
-        raise ModelError("No ControlNet chosen. Pick one from the list, or type a ControlNetModel folder or hub id.")
-    as_path = Path(spec)
-    if not as_path.is_absolute() and ".." not in as_path.parts and not spec.startswith("~"):
-        for base in (Path(config.controlnets_dir), Path(config.models_dir) / USER_SUBFOLDER):
-            if (base / spec).is_dir():
-                as_path = base / spec
-                break
-    path = as_path.expanduser()
-    if path.is_dir():
-        if not _is_controlnet_folder(path):
-            raise ModelError(f"{spec!r} is a folder but not a ControlNet (its config.json should name ControlNetModel).")
-        _check_weights(path, config.allow_pickle)
-        return str(path.resolve()), True
-    if not HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
-        raise ModelError(f"ControlNet {spec!r} not found: no such folder, and it is not one of the listed ControlNets.")
-    if not config.online:
-        raise ModelError(f"{spec!r} looks like a hub id, but the studio is offline. Download it on a connected machine "
-                         f"into models/{USER_SUBFOLDER}/{spec.split('/')[-1]}, or start with --online.")
-    return spec, False
-
-
-def _check_weights(path: Path, allow_pickle: bool) -> None:
-    weights = sorted(path.glob("*.safetensors"))
-    for f in weights:
-        check_safetensors(f)
-    if not weights:
-        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if not pickles:
-            raise ModelError(f"ControlNet folder {path} has no weights (.safetensors).")
-        if not allow_pickle:
-            raise ModelError(f"ControlNet folder {path} has only pickle weights ({', '.join(pickles)}), which can run code "
-                             "when loaded. Convert them to safetensors, or start the studio with --allow-pickle if you trust them.")
-
-
-def load_controlnet(spec: str, config: StudioConfig) -> ControlNetModel:
-    location, local = resolve_controlnet(spec, config)
-    try:
-        net = ControlNetModel.from_pretrained(location, torch_dtype=config.dtype, local_files_only=local or not config.online,
+        net = ControlNetModel.from_pretrained(source.location, torch_dtype=config.dtype, local_files_only=local or not config.online,
                                               use_safetensors=None if config.allow_pickle else True)
     except Exception as e:  # noqa: BLE001 - loaders raise many types; the user needs the message
         raise ModelError(f"Could not load ControlNet {spec!r}: {type(e).__name__}: {e}") from e

@@ -1,4 +1,4 @@
-"""OpenPose COCO-18 body keypoint format, ControlNet-style pose map rendering, pose presets and joint edits."""
+"""OpenPose COCO-18 body keypoint format, a small pose library, ControlNet-style pose maps, presets and joint edits."""
 
 from __future__ import annotations
 
@@ -36,10 +36,92 @@ COLOURS: tuple[tuple[int, int, int], ...] = (
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )
 
-# Pose presets: the poses of the training data's stick figures (studio.shapes.scenes.POSES), each also mirrored.
+# ----------------------------------------------------------------------------------------------------------------
+# Pose library: whole-body poses in unit coordinates (the poses of the embedded suite's stick figures)
+# ----------------------------------------------------------------------------------------------------------------
+
+POSES: tuple[str, ...] = ("standing", "arms up", "waving", "walking", "sitting")
+
+# Unit coordinates: x to the image right, y down; head top at y=0, ankles at y~1 when standing.
+# "r_" joints are the person's right, i.e. the image left for a person facing the viewer.
+HEAD_RADIUS = 0.08
+_BASE = {
+    "nose": (0.0, 0.085), "neck": (0.0, 0.18),
+    "r_shoulder": (-0.11, 0.20), "r_elbow": (-0.14, 0.36), "r_wrist": (-0.15, 0.51),
+    "l_shoulder": (0.11, 0.20), "l_elbow": (0.14, 0.36), "l_wrist": (0.15, 0.51),
+    "r_hip": (-0.065, 0.52), "r_knee": (-0.07, 0.745), "r_ankle": (-0.075, 0.97),
+    "l_hip": (0.065, 0.52), "l_knee": (0.07, 0.745), "l_ankle": (0.075, 0.97),
+    "r_eye": (-0.027, 0.07), "l_eye": (0.027, 0.07), "r_ear": (-0.065, 0.085), "l_ear": (0.065, 0.085),
+}
+_POSE_DELTA = {
+    "standing": {},
+    "arms up": {
+        "r_elbow": (-0.20, 0.06), "r_wrist": (-0.28, -0.07),
+        "l_elbow": (0.20, 0.06), "l_wrist": (0.28, -0.07),
+    },
+    "waving": {  # person's right arm: upper arm out to the side, forearm up
+        "r_elbow": (-0.26, 0.24), "r_wrist": (-0.29, 0.07),
+    },
+    "walking": {  # legs apart in a stride, left arm forward, right arm back
+        "r_knee": (-0.11, 0.745), "r_ankle": (-0.20, 0.96),
+        "l_knee": (0.10, 0.73), "l_ankle": (0.17, 0.97),
+        "l_elbow": (0.17, 0.34), "l_wrist": (0.27, 0.43),
+        "r_elbow": (-0.16, 0.35), "r_wrist": (-0.22, 0.49),
+    },
+    "sitting": {  # side-on, facing image right: thighs horizontal, shins vertical
+        "r_shoulder": (-0.05, 0.20), "l_shoulder": (0.05, 0.20),
+        "r_hip": (-0.035, 0.52), "l_hip": (0.035, 0.52),
+        "r_knee": (0.18, 0.52), "r_ankle": (0.18, 0.76),
+        "l_knee": (0.23, 0.535), "l_ankle": (0.23, 0.775),
+        "r_elbow": (-0.01, 0.37), "r_wrist": (0.11, 0.45),
+        "l_elbow": (0.04, 0.37), "l_wrist": (0.16, 0.46),
+    },
+}
+# Mirroring swaps the sides: joint i of the mirror image is the other side's joint, with x negated.
+_MIRROR_PERM = np.array(
+    [KEYPOINT_INDEX[n.replace("r_", "@").replace("l_", "r_").replace("@", "l_")] for n in KEYPOINT_NAMES]
+)
+
+
+def _pose_table(pose: str) -> np.ndarray:
+    d = dict(_BASE)
+    d.update(_POSE_DELTA[pose])
+    return np.array([d[n] for n in KEYPOINT_NAMES], dtype=np.float64)
+
+
+_UNIT = {p: _pose_table(p) for p in POSES}
+_UNIT_MIRRORED = {p: (_UNIT[p] * np.array([-1.0, 1.0]))[_MIRROR_PERM] for p in POSES}
+
+
+def unit_pose(pose: str, mirrored: bool = False) -> np.ndarray:
+    """(18, 2) float64 keypoints of a library pose in unit coordinates (head top at y=0, feet near y=1)."""
+    if pose not in _UNIT:
+        raise ValueError(f"unknown pose {pose!r}; poses: {', '.join(POSES)}")
+    return _UNIT_MIRRORED[pose] if mirrored else _UNIT[pose]
+
+
+def place_pose(unit: np.ndarray, size: int, scale: float, shift: tuple[float, float]) -> tuple[np.ndarray, float]:
+    """(pixel keypoints, scale used): a unit pose scaled (shrunk to fit), centred, shifted, kept inside the margins."""
+    k = size / 64.0
+    margin = 3.0 * k
+    lo = np.minimum(unit.min(axis=0), [-HEAD_RADIUS, 0.0])
+    extent = unit.max(axis=0) - lo
+    scale = min(scale, (size - 2 * margin - 3 * k) / extent.max())  # margin for limb thickness
+    bw, bh = extent * scale
+    x0 = float(np.clip((size - bw) / 2 + shift[0], margin, size - margin - bw))
+    y0 = float(np.clip((size - bh) / 2 + shift[1], margin, size - margin - bh))
+    return (unit - lo) * scale + np.array([x0, y0]), scale
+
+
+def pose_keypoints(pose: str, size: int = 64, mirrored: bool = False) -> np.ndarray:
+    """(18, 2) float32 pixel keypoints of a library pose on a square canvas, centred at the mid scale, no jitter."""
+    kp, _ = place_pose(unit_pose(pose, mirrored), size, 47.0 * size / 64.0, (0.0, 0.0))
+    return kp.astype(np.float32)
+
+
+# Pose presets: the library's poses, each also mirrored.
 MIRRORED = " (mirrored)"
-_TRAINING_POSES = ("standing", "arms up", "waving", "walking", "sitting")
-POSE_PRESETS: tuple[str, ...] = _TRAINING_POSES + tuple(p + MIRRORED for p in _TRAINING_POSES)
+POSE_PRESETS: tuple[str, ...] = POSES + tuple(p + MIRRORED for p in POSES)
 
 
 def default_widths(size: tuple[int, int]) -> tuple[int, int]:
@@ -90,8 +172,6 @@ def render_pose_map(
 
 def preset_pose(name: str, size: tuple[int, int] = (64, 64)) -> np.ndarray:
     """(18, 2) float32 pixel keypoints of a preset on an (H, W) canvas, placed as the training figures are."""
-    from studio.shapes.scenes import pose_keypoints  # scenes imports this module: import when called
-
     if name not in POSE_PRESETS:
         raise RequestError(f"Unknown pose preset {name!r}. Presets: {', '.join(POSE_PRESETS)}.")
     h, w = int(size[0]), int(size[1])

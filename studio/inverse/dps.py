@@ -18,7 +18,7 @@ from studio.sampling.loop import LoopState, noise_to
 
 # The official DPS configs (pixel-space FFHQ, 1000 DDPM steps from pure noise) use zeta 0.3-0.5 per task. Measured
 # on the embedded suite (latent, 50 steps starting half way from the measurement's estimate; see
-# studio/inverse/evaluate.py), zeta = 1 beat 0.5 and 3 on every task. Larger steps overshoot: the rule's step
+# studio/shapes/evaluate_dps.py), zeta = 1 beat 0.5 and 3 on every task. Larger steps overshoot: the rule's step
 # zeta / ||r|| * grad ||r||^2 keeps its length as the residual falls, so a large zeta circles the solution.
 DEFAULT_ZETA = 1.0
 DEFAULT_STRENGTH = 0.5  # start half way: from the measurement's estimate noised to the middle of the schedule

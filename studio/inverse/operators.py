@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,16 +26,65 @@ def register_operator(name: str):
     return add
 
 
-def get_operator(name: str, **params) -> Operator:
+def operator_class(name: str) -> type[Operator]:
     if name not in OPERATORS:
         raise RequestError(f"Unknown operator {name!r}. Known operators: {', '.join(OPERATORS)}.")
-    return OPERATORS[name](**params)
+    return OPERATORS[name]
+
+
+def get_operator(name: str, **params) -> Operator:
+    return operator_class(name)(**params)
+
+
+def settings_text(cls: type[Operator], settings: dict) -> dict[str, str]:
+    """An operator's settings as saved with an image ({"SR factor": "4"})."""
+    return {p.setting: f"{settings[p.name]:g}" for p in cls.params}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting of an operator: the request field it reads, its page label, saved-settings key and range."""
+
+    name: str  # InverseRequest field and operator keyword
+    label: str  # the page's label
+    setting: str  # key in the saved PNG settings
+    default: float
+    minimum: float
+    maximum: float
+    step: float = 1.0
+    info: str = ""
+    choices: tuple = ()  # a fixed set of values instead of a range
 
 
 class Operator(ABC):
-    """A linear measurement A with its transpose A^T (<A x, y> = <x, A^T y>)."""
+    """A linear measurement A with its transpose A^T (<A x, y> = <x, A^T y>), and what the page and job need to know.
+
+    The registry carries each operator's label, settings (`params`), baseline and editor hint, so the Inverse job and
+    tab dispatch on it instead of on names."""
 
     name: str = ""
+    label: str = ""
+    params: tuple[Param, ...] = ()
+    baseline_label: str = "the measurement itself"  # what `estimate` (or mask blending, with a known_mask) gives
+    hint: str = "Image (the clean image, or the measurement itself)"
+
+    @classmethod
+    def build(cls, size: int, settings: dict, seed: int = 0, hole: np.ndarray | None = None) -> Operator:
+        """The operator for a request's settings on size x size images; `hole` (HxW bool at that size) is a painted
+        region, used by operators that have one."""
+        return cls(**{p.name: settings[p.name] for p in cls.params})
+
+    def known_mask(self) -> torch.Tensor | None:
+        """(1, 1, H, W), 1 where pixels are measured as they are: then the baseline is mask blending. None otherwise."""
+        return None
+
+    def measurement_size(self, size: int) -> int:
+        """The side of y for size x size images (an uploaded measurement is resized to it)."""
+        return size
+
+    def from_upload(self, y: torch.Tensor) -> torch.Tensor:
+        """An uploaded measurement (at measurement_size) as this operator's y."""
+        return y
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -56,6 +107,34 @@ class Operator(ABC):
 @register_operator("inpainting")
 class Inpainting(Operator):
     """Keeps the pixels where mask == 1 (mask (1, 1, H, W) or (N, 1, H, W)), zeroes the hole."""
+
+    label = "Inpainting"
+    params = (Param("box", "Box size", "Inpainting box", 0.4, 0.0, 0.9, 0.05, "side of the hole; painted strokes win"),
+              Param("random_missing", "Random pixels missing", "Random pixels missing", 0.0, 0.0, 0.95, 0.05,
+                    "0 = off (the box is used)"))
+    baseline_label = "mask blending"
+    hint = "Image (paint the hole to inpaint)"
+
+    @classmethod
+    def build(cls, size: int, settings: dict, seed: int = 0, hole: np.ndarray | None = None) -> Inpainting:
+        if hole is not None and hole.any():
+            mask = torch.from_numpy(~hole).float()[None, None]
+        elif settings["random_missing"] > 0:
+            mask = random_mask(size, settings["random_missing"], seed=seed)
+        else:
+            mask = box_mask(size, settings["box"])
+        known = float(mask.mean())
+        if known >= 1.0:
+            raise RequestError("The mask has no hole: nothing to inpaint. Paint the region to fill, or use a box.")
+        if known <= 0.0:
+            raise RequestError("The mask covers the whole image: nothing is measured. That is plain generation; use Generate.")
+        return cls(mask)
+
+    def known_mask(self) -> torch.Tensor:
+        return self.mask
+
+    def from_upload(self, y):
+        return self.forward(y)
 
     def __init__(self, mask: torch.Tensor):
         if mask.ndim == 2:
@@ -94,6 +173,8 @@ def random_mask(size: int, missing: float = 0.7, seed: int = 0) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ blur
+KERNEL = Param("kernel_size", "Kernel size", "Blur kernel", 9, 3, 31, 2)
+
 class Convolution(Operator):
     """Per-channel convolution with zero padding (odd kernel); its transpose is the matching transposed convolution."""
 
@@ -116,6 +197,9 @@ class Convolution(Operator):
 
 @register_operator("gaussian_blur")
 class GaussianBlur(Convolution):
+    label = "Gaussian blur"
+    params = (KERNEL, Param("intensity", "Blur strength (px)", "Blur strength", 2.0, 0.5, 10.0, 0.5))
+
     def __init__(self, kernel_size: int = 9, intensity: float = 2.0):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise RequestError(f"Blur kernel size must be odd and positive (got {kernel_size}).")
@@ -129,6 +213,9 @@ class GaussianBlur(Convolution):
 @register_operator("motion_blur")
 class MotionBlur(Convolution):
     """A straight streak of length `kernel_size` at `angle` degrees (a camera moving in one direction)."""
+
+    label = "Motion blur"
+    params = (KERNEL, Param("angle", "Motion angle (deg)", "Blur angle", 30.0, 0.0, 180.0, 5.0))
 
     def __init__(self, kernel_size: int = 9, angle: float = 30.0):
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -145,6 +232,13 @@ class MotionBlur(Convolution):
 @register_operator("super_resolution")
 class SuperResolution(Operator):
     """Downsampling by averaging `factor` x `factor` blocks; the transpose spreads each value back over its block."""
+
+    label = "Super-resolution"
+    params = (Param("factor", "SR factor", "SR factor", 4, 2, 4, choices=(2, 4)),)
+    baseline_label = "bicubic"
+
+    def measurement_size(self, size: int) -> int:
+        return size // self.factor
 
     def __init__(self, factor: int = 4):
         if factor not in (2, 4, 8):

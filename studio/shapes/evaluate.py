@@ -16,7 +16,7 @@ from PIL import Image
 
 from studio.sampling.schedulers import SAMPLERS
 from studio.shapes import evaluator as ev
-from studio.shapes import scenes
+from studio.shapes import prompts, scenes
 
 EVAL_SEED = 90_210  # scenes from this seed are never in a training pool (training uses seeds 0..n)
 DEFAULT_CFG = 5.0
@@ -55,7 +55,7 @@ def generate(pipe, prompts: list[str], seed: int, steps: int = 25, cfg: float = 
 def prompt_set(n: int, seed: int = EVAL_SEED) -> tuple[list[str], dict[str, np.ndarray]]:
     """Fresh captions and what each asks for (parsed from the caption, as a user's prompt would be)."""
     _, captions, _ = scenes.render_batch(seed, n)
-    wanted = [scenes.parse_prompt(c) for c in captions]
+    wanted = [prompts.parse_prompt(c) for c in captions]
     return captions, {k: np.array([w[k] for w in wanted]) for k in ev.HEADS}
 
 

@@ -10,16 +10,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from studio.sampling.previews import from_uint8
-from studio.shapes import scenes
+from studio.shapes import attributes
 
 HEADS: dict[str, int] = {
     "kind": 2,
-    "shape": len(scenes.SHAPES),
-    "colour": len(scenes.COLOURS),
+    "shape": len(attributes.SHAPES),
+    "colour": len(attributes.COLOURS),
     "count": 3,
-    "position": len(scenes.POSITIONS),
-    "size": len(scenes.SIZES),
-    "pose": len(scenes.POSES),
+    "position": len(attributes.POSITIONS),
+    "size": len(attributes.SIZES),
+    "pose": len(attributes.POSES),
 }
 FEATURE_DIM = 256
 
@@ -76,8 +76,9 @@ def load_weights(model: nn.Module, folder: str | Path, device: str | torch.devic
 
 
 def save(model: AttributeClassifier, folder: str | Path, metrics: dict | None = None) -> None:
-    config = {"heads": HEADS, "feature_dim": FEATURE_DIM, "shapes": list(scenes.SHAPES), "colours": list(scenes.COLOURS),
-              "positions": list(scenes.POSITIONS), "sizes": list(scenes.SIZES), "poses": list(scenes.POSES)}
+    config = {"heads": HEADS, "feature_dim": FEATURE_DIM, "shapes": list(attributes.SHAPES),
+              "colours": list(attributes.COLOURS), "positions": list(attributes.POSITIONS),
+              "sizes": list(attributes.SIZES), "poses": list(attributes.POSES)}
     save_weights(model, folder, config, metrics)
 
 

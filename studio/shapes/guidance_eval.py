@@ -14,7 +14,7 @@ from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
 from studio.events import Result
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
-from studio.shapes import evaluate, scenes
+from studio.shapes import attributes, evaluate
 from studio.shapes import evaluator as ev
 
 SUITE = ASSETS_MODELS / DEFAULT_MODEL
@@ -23,10 +23,10 @@ DEFAULT_CLASSIFIER_SCALE = 8.0
 
 def classifier_guidance_rates(manager: ModelManager, scales: list[float], per_class: int, steps: int = 25) -> dict:
     """Empty prompt, no CFG; for each shape and each colour, the evaluator's rate for the target, per scale."""
-    judge = manager.get(str(SUITE)).evaluator
+    judge = ev.load(SUITE / "evaluator", manager.config.device)
     report: dict[str, dict[str, float]] = {}
-    targets = [("shape", i, name) for i, name in enumerate(scenes.SHAPES)] + \
-              [("colour", i, name) for i, name in enumerate(scenes.COLOURS)]
+    targets = [("shape", i, name) for i, name in enumerate(attributes.SHAPES)] + \
+              [("colour", i, name) for i, name in enumerate(attributes.COLOURS)]
     for scale in scales:
         hits = {"shape": [], "colour": []}
         for head, cls, name in targets:
@@ -38,7 +38,8 @@ def classifier_guidance_rates(manager: ModelManager, scales: list[float], per_cl
             hits[head].append(float((pred[head] == cls).mean()))
         report[f"{scale:g}"] = {f"{h}_rate": round(float(np.mean(v)), 3) for h, v in hits.items()}
         print(json.dumps({"classifier_scale": scale, **report[f"{scale:g}"]}), flush=True)
-    report["chance"] = {"shape_rate": round(1 / len(scenes.SHAPES), 3), "colour_rate": round(1 / len(scenes.COLOURS), 3)}
+    report["chance"] = {"shape_rate": round(1 / len(attributes.SHAPES), 3),
+                        "colour_rate": round(1 / len(attributes.COLOURS), 3)}
     return report
 
 

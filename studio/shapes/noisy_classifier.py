@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -17,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.models.embeddings import get_timestep_embedding
-from safetensors.torch import load_file
 from torch import nn
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL
 from studio.sampling import previews
 from studio.shapes import evaluator as ev
 from studio.shapes import scenes
+from studio.training.common import (Budget, Every, log, lr_at, noised, optimizer_step, resume, sample_timesteps,
+                                    save_checkpoint, set_lr)
 
 HEADS = ev.HEADS
 NOISE_BINS = (0, 200, 400, 600, 800, 1000)  # accuracy is reported per timestep range
@@ -101,10 +101,11 @@ def accuracy_by_noise(model: NoisyClassifier, z0: torch.Tensor, labels: dict[str
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default=str(ASSETS_MODELS / DEFAULT_MODEL))
-    p.add_argument("--out", default="runs/noisy_classifier")
+    p.add_argument("--out", default="runs/noisy_classifier", help="checkpoints, metrics.jsonl; resumed from when present")
     p.add_argument("--export", default=None)
     p.add_argument("--data", type=int, default=20_000)
     p.add_argument("--minutes", type=float, default=20)
+    p.add_argument("--steps", type=int, default=10**9, help="step cap (the time budget usually ends the run)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     vae = AutoencoderKL.from_pretrained(Path(args.suite) / "vae").to(device).eval()
-    alphas = DDPMScheduler.from_pretrained(Path(args.suite) / "scheduler").alphas_cumprod.to(device)
+    noise_schedule = DDPMScheduler.from_pretrained(Path(args.suite) / "scheduler")
     t0 = time.time()
     cache = out / "latents.pt"
     if cache.exists():
@@ -122,35 +123,31 @@ def main(argv: list[str] | None = None) -> None:
         z0, labels = encode_scenes(vae, seed=7, n=args.data)
         torch.save((z0, labels), cache)
     z0, labels = z0.to(device), {k: v.to(device) for k, v in labels.items()}
-    print(json.dumps({"encoded": len(z0), "seconds": round(time.time() - t0, 1)}), flush=True)
+    log(out, {"encoded": len(z0), "seconds": round(time.time() - t0, 1)})
 
     model = NoisyClassifier().to(device)
-    if (out / "model.safetensors").exists():
-        model.load_state_dict(load_file(str(out / "model.safetensors")))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    step, start, last_save = 0, time.time(), time.time()
-    seconds = args.minutes * 60
-    while time.time() - start < seconds:
-        frac = (time.time() - start) / seconds
-        for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+    step = resume(out / "checkpoints", {"model": model, "optimizer": opt})
+    budget, saving = Budget(args.minutes, args.steps, step), Every(2.0)
+    while not budget.done(step):
+        set_lr(opt, lr_at(args.lr, budget.fraction(step), step, warmup=200, floor=0.05))
         idx = torch.randint(0, len(z0), (args.batch,), device=device)
-        t = torch.randint(0, len(alphas), (args.batch,), device=device)
-        logits = model(noisy(z0[idx], t, alphas), t)
+        t = sample_timesteps(noise_schedule, args.batch, device)
+        zt, _ = noised(noise_schedule, z0[idx], torch.randn_like(z0[idx]), t)
+        logits = model(zt, t)
         loss = sum(F.cross_entropy(logits[k], labels[k][idx], ignore_index=-1) for k in HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
         step += 1
         if step % 100 == 0:
-            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 2)}), flush=True)
-        if time.time() - last_save > 120:
-            save(model, out, {"steps": step})
-            last_save = time.time()
+            log(out, {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - budget.t0) / 60, 2)})
+        if saving():
+            save_checkpoint(out / "checkpoints", step, {"model": model, "optimizer": opt})
+    save_checkpoint(out / "checkpoints", step, {"model": model, "optimizer": opt})
     model.eval()
     z_val, l_val = encode_scenes(vae, seed=31_337, n=2000)
+    alphas = noise_schedule.alphas_cumprod.cpu()
     metrics = {"steps": step, "batch": args.batch, "train_latents": len(z0), "minutes": round((time.time() - t0) / 60, 1),
-               "device": str(device), "accuracy_by_timestep": accuracy_by_noise(model.cpu(), z_val.cpu(), l_val, alphas.cpu())}
+               "device": str(device), "accuracy_by_timestep": accuracy_by_noise(model.cpu(), z_val.cpu(), l_val, alphas)}
     print(json.dumps(metrics, indent=1), flush=True)
     save(model, out, metrics)
     if args.export:

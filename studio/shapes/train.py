@@ -2,13 +2,13 @@
 
     python -m studio.shapes.train --out runs/shapes --export assets/models/shapes-v1
 
-Each stage runs for a time budget (minutes) or a step cap, checkpoints into --out every few minutes,
-and picks up from the checkpoint when started again. The same command runs on CPU and on a CUDA GPU.
+Each stage runs for a time budget (minutes) or a step cap, checkpoints into --out/checkpoints/<stage> every
+few minutes, and picks up from the latest checkpoint when started again. The same command runs on CPU and on
+a CUDA GPU. The training pieces (LR schedule, noising, min-SNR, EMA, checkpoints) are studio.training.common's.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -21,7 +21,10 @@ from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from studio.sampling import previews
 from studio.shapes import evaluator as ev
-from studio.shapes import models, scenes
+from studio.shapes import captions, models, scenes
+from studio.training.common import (EMA, Budget, Every, autocast, diffusion_loss, hardware, log, lr_at,
+                                    min_snr_weights, noised, optimizer_step, resume, sample_timesteps,
+                                    save_checkpoint, set_lr, tokenize)
 
 
 # ---------------------------------------------------------------- data
@@ -40,49 +43,14 @@ class ShapesData:
         return self.images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def tokenize(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
-
-
-class Budget:
-    """Stops a stage after `minutes` of wall time or `max_steps`; `fraction` drives the LR schedule."""
-
-    def __init__(self, minutes: float, max_steps: int, start_step: int = 0):
-        self.t0, self.seconds, self.max_steps, self.start = time.time(), minutes * 60, max_steps, start_step
-
-    def fraction(self, step: int) -> float:
-        return min(1.0, max((step - self.start) / max(1, self.max_steps - self.start), (time.time() - self.t0) / max(self.seconds, 1e-9)))
-
-    def done(self, step: int) -> bool:
-        return step >= self.max_steps or time.time() - self.t0 >= self.seconds
-
-
-def lr_at(base: float, frac: float, step: int, warmup: int = 200) -> float:
-    return base * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def log(out: Path, record: dict) -> None:
-    print(json.dumps(record), flush=True)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 # ---------------------------------------------------------------- stage 1: VAE
 def train_vae(args, data: ShapesData, device: torch.device, out: Path) -> AutoencoderKL:
-    path = out / "vae"
-    vae = AutoencoderKL.from_pretrained(path) if (path / "config.json").exists() else models.build_vae()
-    vae.to(device).train()
-    state = json.loads((out / "vae_state.json").read_text()) if (out / "vae_state.json").exists() else {"step": 0}
+    vae = models.build_vae().to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    step, budget, last_save = state["step"], Budget(args.vae_minutes, args.vae_steps, state["step"]), time.time()
+    step = resume(out / "checkpoints" / "vae", {"vae": vae, "optimizer": opt})
+    budget, saving = Budget(args.vae_minutes, args.vae_steps, step), Every(args.save_every)
     while not budget.done(step):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(args.vae_lr, budget.fraction(step), step)
+        set_lr(opt, lr_at(args.vae_lr, budget.fraction(step), step))
         x = data.pixels(torch.randint(0, data.n, (args.vae_batch,), device=device))
         with autocast(device):
             posterior = vae.encode(x).latent_dist
@@ -90,21 +58,18 @@ def train_vae(args, data: ShapesData, device: torch.device, out: Path) -> Autoen
         kl = posterior.kl().mean()
         rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
         loss = rec + args.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
         step += 1
         if step % 100 == 0:
             log(out, {"stage": "vae", "step": step, "rec": round(rec.item(), 5), "kl": round(kl.item(), 3)})
-        if time.time() - last_save > args.save_every * 60:
-            _save_vae(vae, out, step, data, device)
-            last_save = time.time()
-    _save_vae(vae, out, step, data, device)
+        if saving():
+            _save_vae(vae, opt, out, step, data, device)
+    _save_vae(vae, opt, out, step, data, device)
     return vae.eval()
 
 
 @torch.no_grad()
-def _save_vae(vae: AutoencoderKL, out: Path, step: int, data: ShapesData, device: torch.device) -> None:
+def _save_vae(vae: AutoencoderKL, opt, out: Path, step: int, data: ShapesData, device: torch.device) -> None:
     # Stable Diffusion's convention: scale latents to unit variance for the UNet.
     vae.eval()
     x = data.pixels(torch.arange(min(512, data.n), device=device))
@@ -113,7 +78,7 @@ def _save_vae(vae: AutoencoderKL, out: Path, step: int, data: ShapesData, device
     psnr = -10 * math.log10(F.mse_loss(vae.decode(z).sample.float().clamp(-1, 1), x).item() / 4)
     vae.train()
     vae.save_pretrained(out / "vae")
-    (out / "vae_state.json").write_text(json.dumps({"step": step, "psnr": psnr, "scaling_factor": vae.config.scaling_factor}))
+    save_checkpoint(out / "checkpoints" / "vae", step, {"vae": vae, "optimizer": opt})
     log(out, {"stage": "vae", "step": step, "saved": True, "psnr_db": round(psnr, 2)})
 
 
@@ -126,8 +91,7 @@ def train_evaluator(args, data: ShapesData, vae: AutoencoderKL, device: torch.de
     opt = torch.optim.AdamW(model.parameters(), lr=args.eval_lr, weight_decay=1e-4)
     step, budget = 0, Budget(args.eval_minutes, args.eval_steps)
     while not budget.done(step):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(args.eval_lr, budget.fraction(step), step)
+        set_lr(opt, lr_at(args.eval_lr, budget.fraction(step), step))
         idx = torch.randint(0, data.n, (args.eval_batch,), device=device)
         x = data.pixels(idx)
         if step % 2 == 1:
@@ -137,9 +101,7 @@ def train_evaluator(args, data: ShapesData, vae: AutoencoderKL, device: torch.de
         with autocast(device):
             logits = model(x)
         loss = sum(F.cross_entropy(logits[k].float(), data.labels[k][idx], ignore_index=-1) for k in ev.HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
         step += 1
         if step % 100 == 0:
             log(out, {"stage": "evaluator", "step": step, "loss": round(loss.item(), 4)})
@@ -153,67 +115,53 @@ def train_evaluator(args, data: ShapesData, vae: AutoencoderKL, device: torch.de
 
 # ---------------------------------------------------------------- stage 3: text encoder + UNet
 def train_unet(args, data: ShapesData, vae: AutoencoderKL, tokenizer, device: torch.device, out: Path):
-    ema_dir = out / "ema"
-    resume = (ema_dir / "unet" / "config.json").exists()
-    unet = UNet2DConditionModel.from_pretrained(ema_dir / "unet") if resume else models.build_unet()
-    text_encoder = CLIPTextModel.from_pretrained(ema_dir / "text_encoder") if resume else models.build_text_encoder(len(tokenizer))
-    state = json.loads((out / "unet_state.json").read_text()) if (out / "unet_state.json").exists() else {"step": 0}
-    unet.to(device).train()
-    text_encoder.to(device).train()
-    ema = [copy.deepcopy(m).eval().requires_grad_(False) for m in (unet, text_encoder)]
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
+    unet = models.build_unet().to(device).train()
+    text_encoder = models.build_text_encoder(len(tokenizer)).to(device).train()
+    ema = {"unet": EMA(unet, args.ema), "text_encoder": EMA(text_encoder, args.ema)}
+    opt = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=args.unet_lr, weight_decay=1e-2)
+    parts = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema["unet"], "ema_text_encoder": ema["text_encoder"],
+             "optimizer": opt}
+    step = resume(out / "checkpoints" / "unet", parts)
     noise_schedule = DDPMScheduler.from_config(models.build_scheduler().config)
-    alphas = noise_schedule.alphas_cumprod.to(device)
     scale = vae.config.scaling_factor
 
     # Latents of the whole pool once: the VAE is frozen from here on.
     with torch.no_grad(), autocast(device):
         latents = torch.cat([vae.encode(data.pixels(torch.arange(i, min(i + 1024, data.n), device=device))).latent_dist.mean.float()
                              for i in range(0, data.n, 1024)]) * scale
-    step, budget, last_save = state["step"], Budget(args.unet_minutes, args.unet_steps, state["step"]), time.time()
-    warmup = 0 if resume else 300
+    budget, saving = Budget(args.unet_minutes, args.unet_steps, step), Every(args.save_every)
+    warmup = 1 if step else 300  # a resumed run has its optimizer state back: no second warmup
     while not budget.done(step):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(args.unet_lr, budget.fraction(step), step, warmup=max(1, warmup))
+        set_lr(opt, lr_at(args.unet_lr, budget.fraction(step), step, warmup=warmup))
         idx = torch.randint(0, data.n, (args.unet_batch,), device=device)
         ids = data.ids[idx]
         drop = torch.rand(len(idx), device=device) < args.cond_drop  # ~10% empty captions: classifier-free guidance
         ids = torch.where(drop[:, None], data.empty_ids.expand_as(ids), ids)
         z0 = latents[idx]
         noise = torch.randn_like(z0)
-        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), device=device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        t = sample_timesteps(noise_schedule, len(idx), device)
+        zt, target = noised(noise_schedule, z0, noise, t)
         with autocast(device):
             cond = text_encoder(ids)[0]
             pred = unet(zt, t, cond).sample.float()
-        snr = a.view(-1) / (1 - a.view(-1))
-        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting (Hang et al. 2023), eps form
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = diffusion_loss(pred, target, min_snr_weights(noise_schedule, t, gamma=5.0))
+        optimizer_step(opt, loss, max_grad_norm=1.0)
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, m in zip(ema, (unet, text_encoder)):
-                for pe, pm in zip(e.parameters(), m.parameters()):
-                    pe.lerp_(pm, 1 - decay)
+        ema["unet"].update(unet, step)
+        ema["text_encoder"].update(text_encoder, step)
         if step % 100 == 0:
             log(out, {"stage": "unet", "step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"]})
-        if time.time() - last_save > args.save_every * 60:
-            _save_unet(ema, out, step)
-            last_save = time.time()
-    _save_unet(ema, out, step)
-    return ema
+        if saving():
+            _save_unet(parts, out, step)
+    _save_unet(parts, out, step)
+    return ema["unet"].model, ema["text_encoder"].model
 
 
-def _save_unet(ema, out: Path, step: int) -> None:
-    ema[0].save_pretrained(out / "ema" / "unet")
-    ema[1].save_pretrained(out / "ema" / "text_encoder")
-    (out / "unet_state.json").write_text(json.dumps({"step": step}))
+def _save_unet(parts: dict, out: Path, step: int) -> None:
+    """The EMA weights as diffusers folders (what export reads), and the whole state for resuming."""
+    parts["ema_unet"].model.save_pretrained(out / "ema" / "unet")
+    parts["ema_text_encoder"].model.save_pretrained(out / "ema" / "text_encoder")
+    save_checkpoint(out / "checkpoints" / "unet", step, parts)
     log(out, {"stage": "unet", "step": step, "saved": True})
 
 
@@ -282,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = models.build_tokenizer(scenes.VOCABULARY)
+    tokenizer = models.build_tokenizer(captions.VOCABULARY)
     t0 = time.time()
     data = ShapesData(args.seed, args.data, tokenizer, device, args.workers)
     log(out, {"stage": "data", "scenes": args.data, "seconds": round(time.time() - t0, 1)})
@@ -294,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     if "unet" in stages:
         train_unet(args, data, vae, tokenizer, device, out)
     log(out, {"stage": "done", "wall_minutes": round((time.time() - t0) / 60, 2), "device": str(device),
-              "hardware": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"})
+              "hardware": hardware(device)})
     if args.export:
         export_suite(out, tokenizer, Path(args.export))
 

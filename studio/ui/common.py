@@ -4,11 +4,14 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import gradio as gr
 from PIL import Image
 
 from studio.errors import Cancelled, StudioError
+from studio.events import Notice, Result, Step
 
 log = logging.getLogger("studio.ui")
 
@@ -16,8 +19,8 @@ ACCELERATOR = "accelerator"  # one Gradio concurrency group for every job that u
 
 CSS = """
 .pixelated img { image-rendering: pixelated; }
-#live-image img, #cn-live img, .control-map img { width: 100%; height: 100%; object-fit: contain; }
-#status-line { min-height: 1.5em; }
+#live-image img, #cn-live-image img, .control-map img { width: 100%; height: 100%; object-fit: contain; }
+#status-line, #cn-status-line { min-height: 1.5em; }
 .status-error { color: #b42318; font-weight: 600; }
 .status-info { color: #475467; }
 .status-ok { color: #067647; font-weight: 600; }
@@ -55,3 +58,57 @@ def guarded(events: Iterator[Any], on_event: Callable[[Any], dict], on_error: Ca
     except Exception as e:  # noqa: BLE001 - the page must keep serving whatever went wrong
         log.exception("job failed")
         yield on_error(f"Unexpected error: {type(e).__name__}: {e}", "error")
+
+
+class Outputs(NamedTuple):
+    """The widgets a text-to-image job streams into (Generate and ControlNet tabs)."""
+
+    live: gr.Image
+    progress: gr.Markdown
+    gallery: gr.Gallery
+    history: gr.State
+    used_seed: gr.Number
+    infotext: gr.Textbox
+
+
+def result_panel(prefix: str, progress_text: str = "") -> Outputs:
+    """Live preview, status line, seed used, gallery of saved images and the last image's settings, in the current column."""
+    live = gr.Image(label="Live preview (x0-hat)", type="pil", interactive=False, height=320,
+                    elem_id=f"{prefix}live-image", elem_classes=["pixelated"])
+    progress = gr.Markdown(progress_text, elem_id=f"{prefix}status-line")
+    used_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+    gallery = gr.Gallery(label="Finished images (saved with their settings)", columns=4, height=260, object_fit="contain",
+                         elem_id=f"{prefix}gallery", elem_classes=["pixelated"])
+    infotext = gr.Textbox(label="Settings of the last image", lines=3, interactive=False)
+    return Outputs(live, progress, gallery, gr.State([]), used_seed, infotext)
+
+
+def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict] | None = None) -> Iterator[dict]:
+    """A sampling job's events as widget updates: live x0-hat, step/it/s line, then the gallery; errors as messages.
+    Events other than Step / Notice / Result go to `on_other` (e.g. the ControlNet job's Maps)."""
+    shown = list(past)
+
+    def on_event(event) -> dict:
+        if isinstance(event, Step):
+            text = f"Step {event.i}/{event.n} · {event.metrics.get('it_per_s', 0):.1f} it/s"
+            if "guidance_log_prob" in event.metrics:
+                text += f" · guidance log p {event.metrics['guidance_log_prob']:.2f}"
+            update = {out.progress: status(text)}
+            if event.preview:
+                update[out.live] = tile(event.preview)
+            return update
+        if isinstance(event, Notice):
+            return {out.progress: status(event.text)}
+        if not isinstance(event, Result):
+            return on_other(event) if on_other else {}
+        items = [(str(p), f"seed {s}") for p, s in zip(event.paths, event.seeds)] or [(im, f"seed {s}") for im, s in zip(event.images, event.seeds)]
+        shown[:0] = items
+        where = f" · saved to {Path(event.paths[0]).parent}" if event.paths else ""
+        return {out.live: tile(event.images), out.gallery: shown, out.history: shown, out.used_seed: event.seeds[0],
+                out.infotext: event.infotexts[0],
+                out.progress: status(f"Done: {len(event.images)} image(s) in {event.metrics['seconds']:.1f} s{where}", "ok")}
+
+    def on_error(text: str, kind: str) -> dict:
+        return {out.progress: status(text, kind)}
+
+    yield from guarded(events, on_event, on_error)

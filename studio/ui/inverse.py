@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -10,45 +11,60 @@ from PIL import Image
 
 from studio.errors import RequestError
 from studio.events import Notice, Result, Step
-from studio.inverse.job import InverseRequest, inverse
+from studio.inverse.operators import OPERATORS, Param
+from studio.jobs import InverseRequest, inverse
 from studio.sampling.schedulers import SAMPLERS
-from studio.shapes.scenes import make_scene
 from studio.studio import Studio
 from studio.ui.common import ACCELERATOR, guarded, status, tile
 
 VIEW = 256  # images are upscaled (nearest) to at least this many pixels for viewing
-OPERATORS = [("Inpainting", "inpainting"), ("Gaussian blur", "gaussian_blur"), ("Motion blur", "motion_blur"),
-             ("Super-resolution", "super_resolution")]
-BASELINES = {"inpainting": "mask blending", "super_resolution": "bicubic", "gaussian_blur": "the measurement itself",
-             "motion_blur": "the measurement itself"}
 TABLE_HEADERS = ["method", "PSNR", "SSIM", "hole PSNR", "residual"]
 PLOT_COLUMNS = ["step", "value", "series"]
 
 
+def param_widget(param: Param, visible: bool):
+    """A page control for one operator setting, from its registry entry."""
+    elem_id = f"inverse-{param.name.replace('_', '-')}"
+    if param.choices:
+        return gr.Radio(list(param.choices), value=param.default, label=param.label, visible=visible, elem_id=elem_id)
+    return gr.Slider(param.minimum, param.maximum, value=param.default, step=param.step, label=param.label,
+                     info=param.info or None, visible=visible, elem_id=elem_id)
+
+
+def operator_params() -> dict[str, Param]:
+    """Every setting of every registered operator, once by name (operators share e.g. kernel_size)."""
+    params: dict[str, Param] = {}
+    for cls in OPERATORS.values():
+        for p in cls.params:
+            params.setdefault(p.name, p)
+    return params
+
+
+def sample_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.png")) if Path(folder).is_dir() else []
+
+
 def build(studio: Studio) -> None:
-    """Lay out the tab inside the current gr.Blocks and wire its events."""
+    """Lay out the tab inside the current gr.Blocks and wire its events; operators and their settings come from the
+    operator registry."""
     start = InverseRequest(image=np.zeros((1, 1, 3), np.uint8))
+    first = OPERATORS[start.operator]
+    params = operator_params()
     with gr.Row():
         with gr.Column(scale=2):
-            editor = gr.ImageEditor(type="numpy", image_mode="RGBA", label="Image (paint the hole to inpaint)",
+            editor = gr.ImageEditor(type="numpy", image_mode="RGBA", label=first.hint,
                                     brush=gr.Brush(colors=["#ff00ff"], default_color="#ff00ff", default_size=6),
                                     sources=["upload", "clipboard"], layers=False, transforms=(), height=360,
                                     elem_id="inverse-editor", elem_classes=["pixelated"])
             with gr.Row():
-                sample_btn = gr.Button("Procedural sample", elem_id="inverse-sample")
-                scene_seed = gr.Number(value=0, precision=0, minimum=0, label="Scene seed", info="+1 each click")
+                sample_btn = gr.Button("Example image", elem_id="inverse-sample")
+                sample_index = gr.Number(value=0, precision=0, minimum=0, label="Example", info="+1 each click")
             from_measurement = gr.Checkbox(False, label="Input is already the measurement",
                                            info="off: the measurement is made from the image (and scores are computed)")
-            operator = gr.Dropdown(OPERATORS, value=start.operator, label="Operator", elem_id="inverse-operator")
+            operator = gr.Dropdown([(cls.label, name) for name, cls in OPERATORS.items()], value=start.operator,
+                                   label="Operator", elem_id="inverse-operator")
             with gr.Row():
-                box = gr.Slider(0, 0.9, value=start.box, step=0.05, label="Box size", info="side of the hole; painted strokes win",
-                                elem_id="inverse-box")
-                random_missing = gr.Slider(0, 0.95, value=0.0, step=0.05, label="Random pixels missing",
-                                           info="0 = off (the box is used)")
-                kernel = gr.Slider(3, 31, value=start.kernel_size, step=2, label="Kernel size", visible=False)
-                intensity = gr.Slider(0.5, 10, value=start.intensity, step=0.5, label="Blur strength (px)", visible=False)
-                angle = gr.Slider(0, 180, value=start.angle, step=5, label="Motion angle (deg)", visible=False)
-                factor = gr.Radio([2, 4], value=start.factor, label="SR factor", visible=False, elem_id="inverse-factor")
+                widgets = {name: param_widget(p, any(q.name == name for q in first.params)) for name, p in params.items()}
             with gr.Row():
                 sigma = gr.Slider(0, 0.2, value=start.sigma, step=0.005, label="Noise sigma", info="on the [-1, 1] scale")
                 zeta = gr.Number(value=0, label="zeta (DPS step size)", info="0 or empty = the per-task default (1)")
@@ -73,40 +89,43 @@ def build(studio: Studio) -> None:
                                 elem_id="inverse-live", elem_classes=["pixelated"])
                 plot = gr.LinePlot(x="step", y="value", color="series", label="Measurement residual (RMS) against step",
                                    x_title="DPS step", y_title="RMS, [-1, 1] scale", elem_id="inverse-plot")
-            gallery = gr.Gallery(label="Measurement · baseline · DPS · clean", columns=4, height=210, object_fit="contain",
+            gallery = gr.Gallery(label=gallery_label(start.operator, True), columns=4, height=210, object_fit="contain",
                                  elem_id="inverse-gallery", elem_classes=["pixelated"])
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Scores against the clean image", interactive=False,
                                  elem_id="inverse-table")
-
-    specific = [box, random_missing, kernel, intensity, angle, factor]
+    specific = list(widgets.values())
 
     def show_controls(name):
-        shown = {"inpainting": (box, random_missing), "gaussian_blur": (kernel, intensity),
-                 "motion_blur": (kernel, angle), "super_resolution": (factor,)}[name]
-        return [gr.update(visible=c in shown) for c in specific]
+        cls = OPERATORS[name]
+        own = {p.name for p in cls.params}
+        return [gr.update(visible=n in own) for n in widgets] + [gr.update(label=cls.hint)]
 
-    operator.change(show_controls, operator, specific, queue=False)
+    operator.change(show_controls, operator, specific + [editor], queue=False)
 
-    def new_sample(seed_value):
-        s = int(seed_value or 0)
-        return make_scene(np.random.default_rng(s)).image, s + 1
+    def next_example(index):
+        found = sample_images(studio.config.samples_dir)
+        if not found:
+            return gr.update(), index, status(f"No example images in {studio.config.samples_dir}; upload an image instead.", "error")
+        k = int(index or 0)
+        return str(found[k % len(found)]), k + 1, status(f"Example {found[k % len(found)].name}.")
 
-    sample_btn.click(new_sample, scene_seed, [editor, scene_seed], queue=False)
+    sample_btn.click(next_example, sample_index, [editor, sample_index, progress], queue=False)
 
-    def run(editor_value, measured, op, box_v, random_v, kernel_v, intensity_v, angle_v, factor_v, sigma_v, zeta_v,
-            strength_v, steps_v, sampler_v, seed_v, prompt_v, cfg_v, model_v):
+    def run(editor_value, measured, op, sigma_v, zeta_v, strength_v, steps_v, sampler_v, seed_v, prompt_v, cfg_v, model_v,
+            *param_values):
         residuals: list[dict] = []
         t0 = time.perf_counter()
 
         def events():
             # Building the request here sends bad input to the status line through guarded().
             image, hole = editor_image(editor_value)
-            req = InverseRequest(image=image, operator=op, hole=hole, box=float(box_v), random_missing=float(random_v),
-                                 kernel_size=int(kernel_v), intensity=float(intensity_v), angle=float(angle_v),
-                                 factor=int(factor_v), sigma=float(sigma_v), zeta=float(zeta_v) if zeta_v else None,
-                                 strength=float(strength_v),
+            settings = {name: (int(v) if isinstance(getattr(start, name), int) else float(v))
+                        for name, v in zip(widgets, param_values)}
+            req = InverseRequest(image=image, operator=op, hole=hole, sigma=float(sigma_v),
+                                 zeta=float(zeta_v) if zeta_v else None, strength=float(strength_v),
                                  from_clean=not measured, model=model_v or "", prompt=prompt_v or "",
-                                 guidance_scale=float(cfg_v), sampler=sampler_v, steps=int(steps_v), seed=int(seed_v or 0))
+                                 guidance_scale=float(cfg_v), sampler=sampler_v, steps=int(steps_v), seed=int(seed_v or 0),
+                                 **settings)
             yield from inverse(studio.manager, req)
 
         def on_event(event) -> dict:
@@ -116,19 +135,17 @@ def build(studio: Studio) -> None:
                 update = {}
                 if event.preview:
                     update[live] = enlarge(tile(event.preview))
-                if "dps" in event.metrics:
-                    r = event.metrics.get("residual_rms")
-                    text = f"DPS step {event.i}/{event.n}" + (f" · residual {r:.4f}" if r is not None else "")
-                    if r is not None:
-                        residuals.append({"step": event.i, "value": r})
-                        update[plot] = residual_plot(residuals, float(sigma_v))
-                else:
-                    text = f"Baseline step {event.i}/{event.n}"
+                r = event.metrics.get("residual_rms")
+                text = f"{'DPS' if event.phase == 'dps' else 'Baseline'} step {event.i}/{event.n}"
+                if event.phase == "dps" and r is not None:
+                    text += f" · residual {r:.4f}"
+                    residuals.append({"step": event.i, "value": r})
+                    update[plot] = residual_plot(residuals, float(sigma_v))
                 update[progress] = status(text)
                 return update
             assert isinstance(event, Result)
             m = event.metrics
-            return {gallery: gr.update(value=result_gallery(event.images), label=gallery_label(op, len(event.images) > 3)),
+            return {gallery: gr.update(value=result_gallery(event), label=gallery_label(op, "clean" in event.named)),
                     table: score_table(m),
                     progress: status(f"Done in {time.perf_counter() - t0:.1f} s · zeta {m['zeta']:.3g} · sigma {m['sigma']:g} · "
                                      f"DPS residual {m['dps_residual_rms']:.4f}", "ok")}
@@ -140,8 +157,8 @@ def build(studio: Studio) -> None:
                plot: pd.DataFrame(columns=PLOT_COLUMNS), progress: status("Starting…")}
         yield from guarded(events(), on_event, on_error)
 
-    run_btn.click(run, [editor, from_measurement, operator, box, random_missing, kernel, intensity, angle, factor, sigma, zeta,
-                        strength, steps, sampler, seed, prompt, cfg, model], [live, plot, gallery, table, progress],
+    run_btn.click(run, [editor, from_measurement, operator, sigma, zeta, strength, steps, sampler, seed, prompt, cfg, model]
+                  + specific, [live, plot, gallery, table, progress],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="inverse")
     stop.click(studio.manager.request_stop, None, None, queue=False)
 
@@ -181,16 +198,15 @@ def residual_plot(residuals: list[dict], sigma: float) -> pd.DataFrame:
 
 
 def gallery_label(operator: str, with_clean: bool) -> str:
-    """Captions stay one word (thumbnails are narrow); the label names the baseline's method."""
-    return f"Measurement · baseline ({BASELINES.get(operator, 'none')}) · DPS" + (" · clean" if with_clean else "")
+    """Captions stay one word (thumbnails are narrow); the label names the baseline's method, from the registry."""
+    return f"Measurement · baseline ({OPERATORS[operator].baseline_label}) · DPS" + (" · clean" if with_clean else "")
 
 
-def result_gallery(images: list[Image.Image]) -> list[tuple[Image.Image, str]]:
-    """The job's [DPS, baseline, measurement, clean?] shown as measurement, baseline, DPS, clean."""
-    dps_out, baseline, measurement, *clean = images
-    items = [(measurement, "measurement"), (baseline, "baseline"), (dps_out, "DPS")]
-    items += [(clean[0], "clean")] if clean else []
-    return [(enlarge(im), label) for im, label in items]
+def result_gallery(result: Result) -> list[tuple[Image.Image, str]]:
+    """The job's named images shown as measurement, baseline, DPS, clean (those present)."""
+    named = {**result.named, "DPS": result.images[0]}
+    order = [("measurement", "measurement"), ("baseline", "baseline"), ("DPS", "DPS"), ("clean", "clean")]
+    return [(enlarge(named[key]), label) for key, label in order if key in named]
 
 
 def score_table(metrics: dict[str, float]) -> pd.DataFrame:

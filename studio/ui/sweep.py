@@ -9,7 +9,7 @@ from studio.events import Cell, Notice, SweepSummary
 from studio.jobs import Txt2ImgRequest
 from studio.sampling.schedulers import SAMPLERS
 from studio.studio import Studio
-from studio.sweep import AXES, MAX_SIDE, SweepRequest, parse_axis_values, parse_scales, sweep
+from studio.jobs.sweep import AXES, MAX_SIDE, SweepRequest, parse_axis_values, parse_scales, sweep
 from studio.ui.common import ACCELERATOR, guarded, status
 
 CELL = 128  # each image is shown at least this big (64 px suite images are upscaled x2, pixelated)

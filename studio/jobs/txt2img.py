@@ -1,25 +1,21 @@
-"""Jobs: a request dataclass in, a generator of events out (Step ..., Result). Used by the UI and the CLI alike."""
+"""The text-to-image job: Txt2ImgRequest in, events out (Notice..., Step per denoising step, Result)."""
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
-
-import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from studio import metadata
 from studio.config import DEFAULT_MODEL, Limits
 from studio.control.controlnet import ControlInput, build_units, control_hook, validate_controls
 from studio.errors import RequestError
 from studio.events import Notice, Result, Step
+from studio.jobs.common import check_seed, prepare, stream
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import guidance, previews
-from studio.sampling.loop import Conditioning, Hooks, denoise, step_kwargs
-from studio.sampling.schedulers import get_sampler, make_scheduler
+from studio.sampling.loop import Hooks
+from studio.sampling.schedulers import get_sampler
 
-MAX_SEED = 2**32 - 1
 SIZE_MULTIPLE = 8
 
 
@@ -40,9 +36,9 @@ class Txt2ImgRequest:
     eta: float = 0.0
     cfg_start: float = 0.0  # CFG only on this fraction of the run (guidance interval); elsewhere the prompt alone
     cfg_end: float = 1.0
-    classifier_scale: float = 0.0  # classifier guidance (models with a noise-aware classifier: the embedded suite)
+    classifier_scale: float = 0.0  # classifier guidance (models whose judges include a noise-aware classifier)
     classifier_target: str = ""  # what to steer toward, e.g. "red star" or "person"; empty: the prompt's attributes
-    text_guidance_scale: float = 0.0  # text guidance: CLIP, or the suite's evaluator, on the decoded x0-hat
+    text_guidance_scale: float = 0.0  # text guidance: CLIP, or the model's image judge, on the decoded x0-hat
     controls: tuple[ControlInput, ...] = ()  # ControlNets, with their control maps
     save: bool = True
 
@@ -67,8 +63,7 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
     validate_controls(req.controls)
     if req.preview_every < 0:
         raise RequestError(f"Preview every N steps must be 0 (off) or more (got {req.preview_every}).")
-    if not -1 <= req.seed <= MAX_SEED:
-        raise RequestError(f"Seed must be -1 (random) or between 0 and {MAX_SEED} (got {req.seed}).")
+    check_seed(req.seed)
     sides = {}
     for name in ("width", "height"):
         value = int(getattr(req, name))
@@ -84,36 +79,17 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
     return replace(req, **sides), notices
 
 
-def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
-    """Text conditioning through the pipeline's own encoder code, so every model family encodes as diffusers does."""
-    pipe, device = model.pipe, model.pipe._execution_device
-    if model.is_xl:
-        pe, npe, pooled, npooled = pipe.encode_prompt(
-            prompt=prompt, device=device, num_images_per_prompt=batch, do_classifier_free_guidance=do_cfg,
-            negative_prompt=negative or None,
-        )
-        time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=pe.dtype,
-                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
-        time_ids = time_ids.to(device).repeat(batch, 1)
-        return Conditioning(pe, npe, {"text_embeds": pooled, "time_ids": time_ids},
-                            {"text_embeds": npooled, "time_ids": time_ids} if do_cfg else None)
-    pe, npe = pipe.encode_prompt(prompt, device, batch, do_cfg, negative_prompt=negative or None)
-    return Conditioning(pe, npe)
+def image_size(model: LoadedModel, req: Txt2ImgRequest) -> tuple[int, int]:
+    """(height, width) a request samples at: its own, or the model's native size where it says 0."""
+    return req.height or model.default_size, req.width or model.default_size
 
 
-def unet_fn(unet):
-    """Adapt a diffusers UNet to the loop's model contract."""
-
-    def model(x, t, embeds, added, control):
-        return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **control)[0]
-
-    return model
-
-
+# ---------------------------------------------------------------- guidance beyond CFG, from the model's judges
 def text_judge(model: LoadedModel, req: Txt2ImgRequest, clip) -> Callable:
-    """The suite's evaluator for the embedded suite; CLIP (--clip-model) for other models; else a clear error."""
-    if model.evaluator is not None:
-        return guidance.evaluator_judge(model.evaluator, _attribute_targets(req.prompt, "text guidance"))
+    """The model's image judge (the embedded suite's evaluator); CLIP (--clip-model) for other models; else a clear error."""
+    judges = model.judges
+    if judges is not None and judges.image_logits is not None:
+        return guidance.evaluator_judge(judges.image_logits, attribute_targets(model, req.prompt, "text guidance"))
     if clip is not None:
         return guidance.clip_judge(*clip, req.prompt)
     raise RequestError(f"Text guidance is off for {model.name}: it needs a local CLIP model. Start the studio with "
@@ -126,8 +102,9 @@ def guidance_hooks(model: LoadedModel, req: Txt2ImgRequest, scheduler, space: st
     if space == "flow" and (req.classifier_scale > 0 or req.text_guidance_scale > 0):
         raise RequestError("Classifier and text guidance work with noise-prediction models; this is a flow-matching model.")
     if req.classifier_scale > 0:
-        targets = _attribute_targets(req.classifier_target or req.prompt, "classifier guidance")
-        steps.append(guidance.GradientGuidance(guidance.classifier_log_prob(require_classifier(model), targets),
+        classifier = require_noisy_judge(model)
+        targets = attribute_targets(model, req.classifier_target or req.prompt, "classifier guidance")
+        steps.append(guidance.GradientGuidance(guidance.classifier_log_prob(classifier, targets),
                                                req.classifier_scale, scheduler, space))
     if req.text_guidance_scale > 0:
         steps.append(guidance.GradientGuidance(
@@ -136,18 +113,17 @@ def guidance_hooks(model: LoadedModel, req: Txt2ImgRequest, scheduler, space: st
     return Hooks(guidance=_chain(steps) if steps else None)
 
 
-def require_classifier(model: LoadedModel):
-    """The model's noise-aware classifier, or the message that says it has none."""
-    if model.noisy_classifier is None:
-        raise RequestError(f"Classifier guidance needs a noise-aware classifier (a noisy_classifier/ folder in the "
-                           f"model); {model.name} has none. The embedded suite shapes-v1 has one.")
-    return model.noisy_classifier
+def require_noisy_judge(model: LoadedModel) -> Callable:
+    """The model's noise-aware classifier (x_t, t) -> logits, or the message that says it has none."""
+    if model.judges is None or model.judges.noisy_logits is None:
+        raise RequestError(f"Classifier guidance needs a noise-aware classifier (a judge of noisy latents, such as the "
+                           f"embedded suite's noisy_classifier/); {model.name} has none. The embedded suite shapes-v1 has one.")
+    return model.judges.noisy_logits
 
 
-def _attribute_targets(text: str, what: str) -> dict[str, int]:
-    from studio.shapes.scenes import asked_attributes
-
-    targets = asked_attributes(text)
+def attribute_targets(model: LoadedModel, text: str, what: str) -> dict[str, int]:
+    """What a text asks the model's judges for; a clear error when they know none of it."""
+    targets = model.judges.attributes(text) if model.judges is not None else {}
     if not targets:
         raise RequestError(f"{what.capitalize()} needs a target it knows: name a shape, colour or a person "
                            f"(e.g. 'red star', 'two blue squares', 'a person waving'); got {text!r}.")
@@ -163,38 +139,7 @@ def _chain(steps):
     return hook
 
 
-@dataclass
-class Prepared:
-    """What every sampling job sets up before the loop."""
-
-    cond: Conditioning
-    scheduler: object
-    space: str
-    latents: torch.Tensor
-    seeds: list[int]
-    generators: list[torch.Generator]
-    size: tuple[int, int]  # (height, width)
-
-
-def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: float, sampler: str, steps: int,
-            seed: int, batch: int, size: tuple[int, int]) -> Prepared:
-    """Encode the prompt, build the sampler's timesteps, draw the initial noise (seed -1: a random seed)."""
-    pipe = model.pipe
-    device = pipe._execution_device
-    height, width = size
-    seed = random.randint(0, MAX_SEED) if seed == -1 else seed
-    seeds = [(seed + k) % (MAX_SEED + 1) for k in range(batch)]
-    with torch.no_grad():
-        cond = encode_prompt(model, prompt, negative, batch, guidance_scale > 1.0, (height, width))
-        scheduler, space = make_scheduler(sampler, dict(pipe.scheduler.config))
-        scheduler.set_timesteps(steps, device=device)
-        # One CPU generator per image, so that a seed gives the same image on any device.
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        shape = (batch, pipe.unet.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
-    return Prepared(cond, scheduler, space, latents, seeds, generators, (height, width))
-
-
+# ---------------------------------------------------------------- the job
 def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notice | Result]:
     """Text to image through the one loop; yields Notice(s), a Step per denoising step, then the Result."""
     # 1. Check inputs.
@@ -202,45 +147,33 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
     for text in notices:
         yield Notice(text)
     with manager.session():
-        # 2. The model, prompt, sampler and noise.
         model = manager.get(req.model)
-        pipe = model.pipe
-        run = prepare(model, req.prompt, req.negative_prompt, req.guidance_scale, req.sampler, req.steps, req.seed,
-                      req.batch_size, (req.height or model.default_size, req.width or model.default_size))
-        scheduler, space, latents, seeds, generators = run.scheduler, run.space, run.latents, run.seeds, run.generators
-        height, width = run.size
-        cond = run.cond
-        hooks = guidance_hooks(model, req, scheduler, space, manager.clip() if req.text_guidance_scale > 0 else None)
-        units, notes = build_units(manager, model, req.controls, run.size)
-        for text in notes:
-            yield Notice(text)
-        if units:
-            hooks.control = control_hook(units)
-        # 6. Denoise, streaming x0-hat previews.
-        every = req.preview_every
-        factors = model.latent_rgb
-        t0 = time.perf_counter()
-        for state in denoise(
-            unet_fn(pipe.unet), scheduler, space, latents, cond, req.guidance_scale,
-            guidance_rescale=req.guidance_rescale,
-            extra_step_kwargs=step_kwargs(scheduler, generators, req.eta),
-            hooks=hooks,
-            cfg_interval=(req.cfg_start, req.cfg_end),
-            want_x0=lambda i: every > 0 and (i % every == 0) and i < len(scheduler.timesteps),
-            should_stop=manager.should_stop,
-        ):
-            latents = state.next_latents
-            preview = previews.preview(state.x0_hat, pipe.vae, factors, model.vae_scale_factor) if state.x0_hat is not None else None
-            elapsed = time.perf_counter() - t0
-            # Second-order samplers (Heun) evaluate the model twice per step: report sampler steps, as users count them.
-            step = -(-state.i * req.steps // state.n)
-            yield Step(step, req.steps, preview, {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics})
-        # 7. Decode, save with settings, report.
-        images = previews.vae_decode(pipe.vae, latents)
+        result = yield from sample(manager, model, req)
+    yield result
+
+
+def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Generator[Step | Notice, None, Result]:
+    """A checked request on a loaded model, inside the job's session: Steps while denoising; returns the Result."""
+    # 2. The prompt, sampler and noise; guidance and ControlNet hooks.
+    run = prepare(model, req.prompt, req.negative_prompt, req.guidance_scale, req.sampler, req.steps, req.seed,
+                  req.batch_size, image_size(model, req))
+    hooks = guidance_hooks(model, req, run.scheduler, run.space, manager.clip() if req.text_guidance_scale > 0 else None)
+    units, notes = build_units(manager, model, req.controls, run.size)
+    for text in notes:
+        yield Notice(text)
+    if units:
+        hooks.control = control_hook(units)
+    # 3. Denoise, streaming x0-hat previews.
+    t0 = time.perf_counter()
+    latents = yield from stream(manager, model, run, req.guidance_scale, hooks=hooks, preview_every=req.preview_every,
+                                guidance_rescale=req.guidance_rescale, cfg_interval=(req.cfg_start, req.cfg_end), eta=req.eta)
+    # 4. Decode, save with settings, report.
+    images = previews.vae_decode(model.pipe.vae, latents)
     pixels = ((images.detach().float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
     pil = previews.to_pil(images)
+    height, width = run.size
     infotexts, paths = [], []
-    for image, s in zip(pil, seeds):
+    for image, s in zip(pil, run.seeds):
         params = metadata.GenerationParams(
             prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
             cfg_scale=req.guidance_scale, seed=s, width=width, height=height, model=model.name,
@@ -249,8 +182,7 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
         infotexts.append(metadata.format_parameters(params))
         if req.save:
             paths.append(metadata.save_png(image, params, manager.config.outputs_dir))
-    elapsed = time.perf_counter() - t0
-    yield Result(pil, infotexts, paths, seeds, {"seconds": elapsed, "pixels": pixels})
+    return Result(pil, infotexts, paths, run.seeds, {"seconds": time.perf_counter() - t0}, pixels=pixels)
 
 
 def _extras(req: Txt2ImgRequest) -> dict[str, str]:
@@ -286,5 +218,3 @@ def params_to_request(params: metadata.GenerationParams) -> Txt2ImgRequest:
         sampler=params.sampler, steps=params.steps, guidance_scale=params.cfg_scale, guidance_rescale=rescale,
         seed=params.seed, width=params.width, height=params.height, eta=float(params.extra.get("Eta", 0) or 0),
     )
-
-

@@ -1,16 +1,16 @@
 """Train the embedded suite's ControlNets (canny edges, OpenPose poses) with ControlNetModel.from_unet; resumable.
 
-    python -m studio.control.train --kind canny --out runs/cn-canny --export assets/controlnets/shapes-v1-canny
-    python -m studio.control.train --kind pose  --out runs/cn-pose  --export assets/controlnets/shapes-v1-pose
+    python -m studio.shapes.train_controlnet --kind canny --out runs/cn-canny --export assets/controlnets/shapes-v1-canny
+    python -m studio.shapes.train_controlnet --kind pose  --out runs/cn-pose  --export assets/controlnets/shapes-v1-pose
 
 The suite's VAE, text encoder and UNet stay frozen; only the ControlNet learns. Control maps come from the
 studio's own annotators (cv2.Canny 100/200; OpenPose maps rendered from the scenes' keypoints), so what the
-page computes is what the model was trained on. Checkpoints every few minutes into --out; run again to resume.
+page computes is what the model was trained on. Checkpoints every few minutes into --out/checkpoints; run again
+to resume. The training pieces (LR schedule, noising, min-SNR, checkpoints) are studio.training.common's.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,8 +21,10 @@ from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
 
 from studio.config import ASSETS_MODELS
 from studio.control import annotators
-from studio.shapes import scenes
-from studio.shapes.train import Budget, autocast, log, lr_at, tokenize
+from studio.shapes import captions, scenes
+from studio.training.common import (Budget, Every, autocast, diffusion_loss, hardware, latest_step, log, lr_at,
+                                    min_snr_weights, noised, optimizer_step, resume, sample_timesteps, save_checkpoint,
+                                    set_lr, tokenize)
 
 KINDS = ("canny", "pose")
 COND_CHANNELS = (16, 32, 64)  # three conv stages, two stride-2: 64 px maps -> the 16x16 latent grid
@@ -63,7 +65,7 @@ def _without_pose(scene, rng: np.random.Generator) -> str:
     """A figure caption that does not say the pose ("a woman in a red shirt"): then only the map can tell the limbs."""
     colour = scene.figure.colour
     subject = ("a person", "a man", "a woman", "a figure", "someone")[rng.integers(5)]
-    return f"{subject} in {scenes.article(colour)} {colour} {('shirt', 'top')[rng.integers(2)]}"
+    return f"{subject} in {captions.article(colour)} {colour} {('shirt', 'top')[rng.integers(2)]}"
 
 
 def build_controlnet(unet) -> ControlNetModel:
@@ -77,54 +79,44 @@ def train(args) -> None:
     t_start = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(args.suite, safety_checker=None, requires_safety_checker=False)
     vae, text_encoder, unet = (m.to(device).eval().requires_grad_(False) for m in (pipe.vae, pipe.text_encoder, pipe.unet))
-    ckpt = out / "controlnet"
-    resume = (ckpt / "config.json").exists()
-    controlnet = ControlNetModel.from_pretrained(ckpt) if resume else build_controlnet(unet)
-    controlnet.to(device).train()
-    state = json.loads((out / "state.json").read_text()) if (out / "state.json").exists() else {"step": 0}
+    controlnet = build_controlnet(unet).to(device).train()
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=1e-2)
+    parts = {"controlnet": controlnet, "optimizer": opt}
+    step = resume(out / "checkpoints", parts)
 
     latents, embeds, empty, control = _pool(args, pipe, vae, text_encoder, device, out)
     log(out, {"stage": "data", "kind": args.kind, "scenes": len(latents), "seconds": round(time.time() - t_start, 1)})
 
-    opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=1e-2)
-    if resume and (out / "optimizer.pt").exists():
-        opt.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
-    alphas = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(device)
-    step, budget, last_save = state["step"], Budget(args.minutes, args.steps, state["step"]), time.time()
+    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    budget, saving = Budget(args.minutes, args.steps, step), Every(args.save_every)
+    warmup = 1 if step else 100  # a resumed run has its optimizer state back: no second warmup
     while not budget.done(step):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(args.lr, budget.fraction(step), step, warmup=1 if resume else 100)
+        set_lr(opt, lr_at(args.lr, budget.fraction(step), step, warmup=warmup))
         idx = torch.randint(0, len(latents), (args.batch,), device=device)
         cond = embeds[idx]
         drop = torch.rand(len(idx), device=device) < args.cond_drop  # unconditional samples: CFG still works
         cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
         z0 = latents[idx]
         noise = torch.randn_like(z0)
-        t = torch.randint(0, len(alphas), (len(idx),), device=device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        t = sample_timesteps(noise_schedule, len(idx), device)
+        zt, target = noised(noise_schedule, z0, noise, t)
         hint = control[idx].permute(0, 3, 1, 2).float() / 255  # [0, 1], as diffusers' ControlNet pipelines feed it
         with autocast(device):
             down, mid = controlnet(zt, t, cond, controlnet_cond=hint, return_dict=False)
             pred = unet(zt, t, cond, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample.float()
-        snr = a.view(-1) / (1 - a.view(-1))
-        loss = ((torch.clamp(snr, max=5.0) / snr) * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        opt.step()
+        loss = diffusion_loss(pred, target, min_snr_weights(noise_schedule, t, gamma=5.0))
+        optimizer_step(opt, loss, max_grad_norm=1.0)
         step += 1
         if step % 50 == 0:
             log(out, {"stage": args.kind, "step": step, "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"],
                       "minutes": round((time.time() - t_start) / 60, 2)})
-        if time.time() - last_save > args.save_every * 60:
-            _save(controlnet, opt, out, step)
-            last_save = time.time()
-    _save(controlnet, opt, out, step)
+        if saving():
+            _save(parts, out, step)
+    _save(parts, out, step)
     log(out, {"stage": "done", "kind": args.kind, "step": step, "wall_minutes": round((time.time() - t_start) / 60, 2),
-              "device": str(device), "hardware": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"})
+              "device": str(device), "hardware": hardware(device)})
     if args.export:
-        ControlNetModel.from_pretrained(out / "controlnet").save_pretrained(args.export, safe_serialization=True)
+        controlnet.save_pretrained(args.export, safe_serialization=True)
         print(f"exported {args.kind} ControlNet to {args.export}", flush=True)
 
 
@@ -149,10 +141,10 @@ def _pool(args, pipe, vae, text_encoder, device, out: Path):
     return latents, embeds, empty, control
 
 
-def _save(controlnet: ControlNetModel, opt, out: Path, step: int) -> None:
-    controlnet.save_pretrained(out / "controlnet", safe_serialization=True)
-    torch.save(opt.state_dict(), out / "optimizer.pt")
-    (out / "state.json").write_text(json.dumps({"step": step}))
+def _save(parts: dict, out: Path, step: int) -> None:
+    """The ControlNet as a diffusers folder (out/controlnet), and it with its optimizer state for resuming."""
+    parts["controlnet"].save_pretrained(out / "controlnet", safe_serialization=True)
+    save_checkpoint(out / "checkpoints", step, parts)
     log(out, {"stage": "save", "step": step})
 
 
@@ -172,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cond-drop", type=float, default=0.1)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed + (0 if not (Path(args.out) / "state.json").exists() else
-                                   json.loads((Path(args.out) / "state.json").read_text())["step"]))
+    torch.manual_seed(args.seed + latest_step(Path(args.out) / "checkpoints"))  # a resumed run draws fresh batches
     train(args)
 
 

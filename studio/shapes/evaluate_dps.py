@@ -1,6 +1,6 @@
 """Measure the DPS bars on the embedded suite: DPS against its baseline on fresh procedural images, per task.
 
-    python -m studio.inverse.evaluate [--images 50] [--steps 50] [--tasks inpainting,super_resolution,gaussian_blur] [--out f.json]
+    python -m studio.shapes.evaluate_dps [--images 50] [--steps 50] [--tasks inpainting,super_resolution,gaussian_blur] [--out f.json]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
 from studio.events import Result
-from studio.inverse.job import InverseRequest, inverse
+from studio.jobs import InverseRequest, inverse
 from studio.manager import ModelManager
 from studio.shapes import scenes
 

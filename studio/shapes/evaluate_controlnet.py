@@ -1,6 +1,6 @@
 """Measure the embedded ControlNets against their bars on fresh procedural scenes.
 
-    python -m studio.control.evaluate --canny assets/controlnets/shapes-v1-canny --pose assets/controlnets/shapes-v1-pose
+    python -m studio.shapes.evaluate_controlnet --canny assets/controlnets/shapes-v1-canny --pose assets/controlnets/shapes-v1-pose
 
 Edges: F1 between the Canny edges of the output and the control edges, with a 2-pixel tolerance, at scale 1
 and at scale 0 (the same seeds). Pose: the fraction of the skeleton's limb pixels that fall on the generated
@@ -20,9 +20,11 @@ import numpy as np
 from studio.config import ASSETS_CONTROLNETS, ASSETS_MODELS
 from studio.control import annotators
 from studio.control.pose import LIMB_PAIRS
+from studio.shapes import evaluate as shapes_eval
 from studio.shapes import evaluator as ev
 from studio.shapes import scenes
-from studio.shapes import evaluate as shapes_eval
+from studio.shapes.attributes import COLOUR_NAMES, POSES, SHAPES
+from studio.shapes.captions import article
 from studio.shapes.evaluate import EVAL_SEED
 
 BODY_LIMBS = LIMB_PAIRS[:13]  # neck, shoulders, arms, hips, legs, nose; not the eye/ear lines (the figure has no face)
@@ -87,7 +89,7 @@ def pose_cases(n: int, seed: int = EVAL_SEED) -> tuple[list[str], list[np.ndarra
     but not the pose ("a person in a red shirt"), so only the pose map can say where the limbs go."""
     rng = np.random.default_rng([seed, 0x9053])
     found = [scenes.make_scene(rng, kind="figure") for _ in range(n)]
-    return ([f"a person in {scenes.article(s.figure.colour)} {s.figure.colour} shirt" for s in found],
+    return ([f"a person in {article(s.figure.colour)} {s.figure.colour} shirt" for s in found],
             [annotators.pose(s.figure.keypoints) for s in found], [s.figure.keypoints for s in found],
             [s.figure.colour for s in found], [s.figure.pose for s in found])
 
@@ -114,11 +116,11 @@ def sketch_cases(n: int, seed: int = EVAL_SEED):
     rng = np.random.default_rng([seed, 0x5CE7])
     cases = []
     for _ in range(n):
-        shape = scenes.SHAPES[rng.integers(len(scenes.SHAPES))]
-        colour = scenes.COLOUR_NAMES[rng.integers(len(scenes.COLOUR_NAMES))]
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
         centre = (float(rng.uniform(22, 42)), float(rng.uniform(22, 42)))
         drawing = hand_outline(shape, centre, float(rng.uniform(11, 17)), rng)
-        cases.append((f"{scenes.article(colour)} {colour} {shape}", annotators.scribble(drawing, size=(64, 64)), shape, colour, centre))
+        cases.append((f"{article(colour)} {colour} {shape}", annotators.scribble(drawing, size=(64, 64)), shape, colour, centre))
     return cases
 
 
@@ -143,8 +145,8 @@ def evaluate_edges(pipe, n: int, steps: int = 25) -> dict:
 
 def evaluate_pose(pipe, judge, n: int, steps: int = 25) -> dict:
     prompts, maps, keypoints, colours, poses = pose_cases(n)
-    wanted_colour = np.array([scenes.COLOUR_NAMES.index(c) for c in colours])
-    wanted_pose = np.array([scenes.POSES.index(p) for p in poses])
+    wanted_colour = np.array([COLOUR_NAMES.index(c) for c in colours])
+    wanted_pose = np.array([POSES.index(p) for p in poses])
     report = {"n": n, "prompt": "a person in a <colour> shirt (no pose words)"}
     for scale in (1.0, 0.0):  # at scale 0 the prompt alone draws a figure somewhere: the coverage a pose map must beat
         images = generate(pipe, prompts, maps, scale, steps=steps)
@@ -162,8 +164,8 @@ def evaluate_sketch(pipe, judge, n: int, steps: int = 25) -> dict:
     for scale in (1.0, 0.0):
         images = generate(pipe, [c[0] for c in cases], [c[1] for c in cases], scale, steps=steps)
         pred = ev.predict(judge, images)
-        shape_ok = pred["shape"] == np.array([scenes.SHAPES.index(c[2]) for c in cases])
-        colour_ok = pred["colour"] == np.array([scenes.COLOUR_NAMES.index(c[3]) for c in cases])
+        shape_ok = pred["shape"] == np.array([SHAPES.index(c[2]) for c in cases])
+        colour_ok = pred["colour"] == np.array([COLOUR_NAMES.index(c[3]) for c in cases])
         offsets = []
         for image, case in zip(images, cases):
             ys, xs = np.nonzero(figure_mask(image))

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from PIL import Image
 
-from studio import jobs
 from studio.errors import Cancelled, RequestError
 from studio.events import Cell, Notice, Result, SweepSummary
-from studio.jobs import MAX_SEED, Txt2ImgRequest
+from studio.jobs.common import MAX_SEED
+from studio.jobs.txt2img import Txt2ImgRequest, require_noisy_judge, txt2img, validate
+from studio.judges import Judges
 from studio.manager import ModelManager
 from studio.sampling.schedulers import SAMPLERS
 
@@ -25,7 +25,6 @@ AXES: dict[str, str] = {
     "classifier_scale": "classifier guidance",
 }
 MAX_SIDE = 8  # at most 8 columns and 8 rows: 64 images
-EVALUATOR_SIZE = 64  # the suite's evaluator judges 64x64 images
 
 
 @dataclass
@@ -79,7 +78,7 @@ def sweep(manager: ModelManager, req: SweepRequest) -> Iterator[Notice | Cell | 
     base = replace(req.base, preview_every=0, save=True, batch_size=1)
     seed = random.randint(0, MAX_SEED) if base.seed == -1 else base.seed
     grid = [[_cell_request(base, req, seed, r, s) for s in req.scales] for r in range(n_rows)]
-    checked = [jobs.validate(cell, manager.config.limits) for row in grid for cell in row]
+    checked = [validate(cell, manager.config.limits) for row in grid for cell in row]
     for text in checked[0][1]:  # every cell has the same size, so the same rounding notices: say them once
         yield Notice(text)
     if base.seed == -1:
@@ -87,8 +86,8 @@ def sweep(manager: ModelManager, req: SweepRequest) -> Iterator[Notice | Cell | 
     # 2. The model, loaded once; txt2img finds it already loaded for every cell.
     model = manager.get(base.model)
     if any(cell.classifier_scale > 0 for row in grid for cell in row):
-        jobs.require_classifier(model)
-    judge = model.evaluator
+        require_noisy_judge(model)
+    judge = model.judges if model.judges is not None and model.judges.adherence is not None else None
     # 3. The cells, row by row, so a row's seed is fixed while its scales fill in.
     t0 = time.perf_counter()
     pixels: dict[int, list[np.ndarray]] = {c: [] for c in range(len(req.scales))}
@@ -96,13 +95,13 @@ def sweep(manager: ModelManager, req: SweepRequest) -> Iterator[Notice | Cell | 
         for c, cell in enumerate(row):
             if manager.should_stop():
                 raise Cancelled(f"Stopped after {r * len(req.scales) + c} of {n_rows * len(req.scales)} cells.")
-            result = [e for e in jobs.txt2img(manager, cell) if isinstance(e, Result)][-1]
+            result = [e for e in txt2img(manager, cell) if isinstance(e, Result)][-1]
             if judge is not None:
-                pixels[c].append(_uint8(result.images[0]))
+                pixels[c].append(np.asarray(result.images[0].convert("RGB"), dtype=np.uint8))
             yield Cell(r, c, result.images[0], _row_label(req.axis, cell, req.values, r), f"CFG {req.scales[c]:g}",
                        result.seeds[0], result.paths[0] if result.paths else None)
-    # 4. Per column: prompt adherence and diversity, judged by the suite's evaluator when the model has one.
-    wanted = _wanted(base.prompt) if judge is not None else None
+    # 4. Per column: prompt adherence and diversity, judged by the model's judges when it has them.
+    wanted = (judge.attributes(base.prompt) or None) if judge is not None else None
     if judge is not None and wanted is None:
         yield Notice("The prompt names no shape, colour or person the evaluator knows, so adherence is not measured.")
     columns = [{"scale": s, **_column_metrics(judge, wanted, pixels[c])} for c, s in enumerate(req.scales)]
@@ -138,34 +137,15 @@ def _row_label(axis: str, cell: Txt2ImgRequest, values: list, r: int) -> str:
     return f"{'rescale' if axis == 'guidance_rescale' else 'classifier'} {values[r]:g}"
 
 
-def _uint8(image: Image.Image) -> np.ndarray:
-    if image.size != (EVALUATOR_SIZE, EVALUATOR_SIZE):
-        image = image.resize((EVALUATOR_SIZE, EVALUATOR_SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def _wanted(prompt: str) -> dict[str, int] | None:
-    """What the prompt asks the evaluator to see (attribute -> class), or None when it asks for nothing it knows."""
-    from studio.shapes import scenes
-
-    asked = scenes.asked_attributes(prompt)
-    return {**{k: -1 for k in scenes.LABEL_KEYS}, **asked} if asked else None
-
-
-def _column_metrics(judge, wanted: dict[str, int] | None, images: list[np.ndarray]) -> dict[str, float | None]:
+def _column_metrics(judge: Judges | None, wanted: dict[str, int] | None, images: list[np.ndarray]) -> dict[str, float | None]:
     """adherence: fraction of images showing every asked-for attribute; diversity: mean pairwise feature distance."""
     if judge is None or not images:
         return {"adherence": None, "diversity": None}
-    from studio.shapes import evaluator
-
     batch = np.stack(images)
-    adherence = None
-    if wanted is not None:
-        targets = {k: np.full(len(batch), wanted[k]) for k in evaluator.HEADS}
-        adherence = float(evaluator.adherence(evaluator.predict(judge, batch), targets).mean())
+    adherence = float(judge.adherence(batch, wanted).mean()) if wanted is not None else None
     diversity = None
     if len(batch) > 1:
-        f = evaluator.features(judge, batch)
+        f = judge.features(batch)
         d = np.linalg.norm(f[:, None] - f[None], axis=-1)
         diversity = float(d[np.triu_indices(len(f), k=1)].mean())
     return {"adherence": adherence, "diversity": diversity}

@@ -1,0 +1,133 @@
+"""What every sampling job shares: checks of common settings, preparation before the loop (prompt, scheduler,
+initial noise), and `stream`, the one function that runs the loop and turns its states into Step events."""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from studio.errors import RequestError
+from studio.events import Step
+from studio.manager import LoadedModel, ModelManager
+from studio.sampling import previews
+from studio.sampling.loop import Conditioning, Hooks, LoopState, denoise, noise_to, start_index, step_kwargs
+from studio.sampling.schedulers import make_scheduler
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> None:
+    if not -1 <= seed <= MAX_SEED:
+        raise RequestError(f"Seed must be -1 (random) or between 0 and {MAX_SEED} (got {seed}).")
+
+
+def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
+    """Text conditioning through the pipeline's own encoder code, so every model family encodes as diffusers does."""
+    pipe, device = model.pipe, model.pipe._execution_device
+    if model.is_xl:
+        pe, npe, pooled, npooled = pipe.encode_prompt(
+            prompt=prompt, device=device, num_images_per_prompt=batch, do_classifier_free_guidance=do_cfg,
+            negative_prompt=negative or None,
+        )
+        time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=pe.dtype,
+                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        time_ids = time_ids.to(device).repeat(batch, 1)
+        return Conditioning(pe, npe, {"text_embeds": pooled, "time_ids": time_ids},
+                            {"text_embeds": npooled, "time_ids": time_ids} if do_cfg else None)
+    pe, npe = pipe.encode_prompt(prompt, device, batch, do_cfg, negative_prompt=negative or None)
+    return Conditioning(pe, npe)
+
+
+def unet_fn(unet):
+    """Adapt a diffusers UNet to the loop's model contract."""
+
+    def model(x, t, embeds, added, control):
+        return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **control)[0]
+
+    return model
+
+
+@dataclass
+class Prepared:
+    """What every sampling job sets up before the loop."""
+
+    cond: Conditioning
+    scheduler: object
+    space: str
+    latents: torch.Tensor
+    seeds: list[int]
+    generators: list[torch.Generator]
+    size: tuple[int, int]  # (height, width)
+    begin: int = 0  # index of the first timestep run (runs that start part way: see `start_from`)
+
+
+def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: float, sampler: str, steps: int,
+            seed: int, batch: int, size: tuple[int, int]) -> Prepared:
+    """Encode the prompt, build the sampler's timesteps, draw the initial noise (seed -1: a random seed)."""
+    pipe = model.pipe
+    device = pipe._execution_device
+    height, width = size
+    seed = random.randint(0, MAX_SEED) if seed == -1 else seed
+    seeds = [(seed + k) % (MAX_SEED + 1) for k in range(batch)]
+    with torch.no_grad():
+        cond = encode_prompt(model, prompt, negative, batch, guidance_scale > 1.0, (height, width))
+        scheduler, space = make_scheduler(sampler, dict(pipe.scheduler.config))
+        scheduler.set_timesteps(steps, device=device)
+        # One CPU generator per image, so that a seed gives the same image on any device.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        shape = (batch, pipe.unet.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
+    return Prepared(cond, scheduler, space, latents, seeds, generators, (height, width))
+
+
+def start_from(run: Prepared, start: torch.Tensor, steps: int, strength: float) -> Prepared:
+    """The run begins part way (strength 1 = from pure noise), from `start` (UNet latents) noised to that timestep
+    with the run's own noise: diffusers' img2img start."""
+    begin = start_index(run.scheduler, steps, strength)
+    if hasattr(run.scheduler, "set_begin_index"):
+        run.scheduler.set_begin_index(begin)
+    noise = run.latents / run.scheduler.init_noise_sigma
+    run.latents = noise_to(run.scheduler, start.expand_as(noise).to(noise), noise, run.scheduler.timesteps[begin:begin + 1])
+    run.begin = begin
+    return run
+
+
+def stream(manager: ModelManager, model: LoadedModel, run: Prepared, guidance_scale: float, *, hooks: Hooks | None = None,
+           preview_every: int = 1, preview: Callable[[LoopState], list[Image.Image]] | None = None, phase: str = "",
+           guidance_rescale: float = 0.0, cfg_interval: tuple[float, float] = (0.0, 1.0), eta: float = 0.0,
+           ) -> Generator[Step, None, torch.Tensor]:
+    """Run the one loop for a prepared run, yielding a Step per sampler step; returns the final latents.
+
+    A Step carries a preview every `preview_every` steps (not on the last: the finished image follows), made by
+    `preview` from the loop state (default: the x0-hat through the model's cheapest preview)."""
+    scheduler, every = run.scheduler, preview_every
+    make_preview = preview or (lambda state: default_preview(model, state.x0_hat))
+    # Second-order samplers (Heun) evaluate the model twice per step: report sampler steps, as users count them.
+    order = getattr(scheduler, "order", 1)
+    latents, t0 = run.latents, time.perf_counter()
+    for state in denoise(
+        unet_fn(model.pipe.unet), scheduler, run.space, latents, run.cond, guidance_scale,
+        guidance_rescale=guidance_rescale, cfg_interval=cfg_interval,
+        extra_step_kwargs=step_kwargs(scheduler, run.generators, eta), hooks=hooks,
+        want_x0=lambda i: every > 0 and i % every == 0 and i < len(scheduler.timesteps) - run.begin,
+        should_stop=manager.should_stop, begin=run.begin,
+    ):
+        latents = state.next_latents
+        shown = every > 0 and state.i % every == 0 and state.i < state.n and state.x0_hat is not None
+        with torch.no_grad():
+            image = make_preview(state) if shown else None
+        elapsed = time.perf_counter() - t0
+        total = -(-state.n // order)
+        yield Step(-(-state.i * total // state.n), total, image,
+                   {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics}, phase)
+    return latents
+
+
+def default_preview(model: LoadedModel, x0_hat: torch.Tensor) -> list[Image.Image]:
+    """x0-hat as pictures: the model's linear latent->RGB map when it has one (costless), else a VAE decode."""
+    return previews.preview(x0_hat.detach(), model.pipe.vae, model.latent_rgb, model.vae_scale_factor)

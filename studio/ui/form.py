@@ -1,0 +1,122 @@
+"""The generation form shared by the Generate and ControlNet tabs: model, prompt, sampler, steps, CFG, size, seed,
+batch, previews and the guidance accordion. Its opening values come from the default preset, in both tabs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from studio.config import DEFAULT_MODEL
+from studio.jobs import Txt2ImgRequest
+from studio.presets import apply_preset
+from studio.sampling.schedulers import SAMPLERS
+from studio.studio import Studio
+
+DEFAULT_PRESET = "shapes-fast"
+# Request fields the form edits, in the order of `GenerationForm.components()`.
+FIELDS = ("model", "prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "guidance_rescale",
+          "seed", "width", "height", "batch_size", "preview_every",
+          "cfg_start", "cfg_end", "classifier_scale", "classifier_target", "text_guidance_scale")
+
+
+def opening_request(studio: Studio) -> Txt2ImgRequest:
+    """The form's first values: the request defaults, with the fast preset when the embedded suite is the default model."""
+    start = Txt2ImgRequest()
+    if studio.default_model() == DEFAULT_MODEL and DEFAULT_PRESET in studio.presets:
+        start = apply_preset(start, studio.presets[DEFAULT_PRESET])
+    return start
+
+
+@dataclass
+class GenerationForm:
+    model: gr.Dropdown
+    refresh: gr.Button
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    sampler: gr.Dropdown
+    steps: gr.Slider
+    cfg: gr.Slider
+    rescale: gr.Slider
+    seed: gr.Number
+    width: gr.Number
+    height: gr.Number
+    batch: gr.Slider
+    preview_every: gr.Slider
+    cfg_start: gr.Slider
+    cfg_end: gr.Slider
+    classifier_scale: gr.Slider
+    classifier_target: gr.Textbox
+    text_scale: gr.Slider
+
+    def components(self) -> list:
+        """The inputs, in FIELDS order."""
+        return [self.model, self.prompt, self.negative, self.sampler, self.steps, self.cfg, self.rescale, self.seed,
+                self.width, self.height, self.batch, self.preview_every, self.cfg_start, self.cfg_end,
+                self.classifier_scale, self.classifier_target, self.text_scale]
+
+
+def model_row(studio: Studio, elem_id: str, label: str = "Model", extra=None) -> tuple[gr.Dropdown, gr.Button]:
+    """The model picker (pick, or type a folder, a file or a hub id) and its refresh button, in a row."""
+    with gr.Row():
+        model = gr.Dropdown(studio.model_choices(), value=studio.default_model(), label=label, allow_custom_value=True,
+                            elem_id=elem_id, info="Pick one, or type a diffusers folder, a .safetensors file or a hub id", scale=4)
+        refresh = gr.Button("↻", scale=0, min_width=40)
+        if extra is not None:
+            extra()
+    refresh.click(lambda: gr.update(choices=studio.model_choices()), None, model, queue=False)
+    return model, refresh
+
+
+def prompt_boxes(studio: Studio, prefix: str) -> tuple[gr.Textbox, gr.Textbox]:
+    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a big red star on the left", elem_id=f"{prefix}prompt-box")
+    negative = gr.Textbox(label="Negative prompt", lines=1, value=opening_request(studio).negative_prompt,
+                          elem_id=f"{prefix}negative-box")
+    return prompt, negative
+
+
+def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button, prompt: gr.Textbox,
+             negative: gr.Textbox) -> GenerationForm:
+    """Sampler, steps, CFG, size, seed, batch, previews and guidance, laid out in the current column."""
+    start = opening_request(studio)
+    limits = studio.config.limits
+    with gr.Row():
+        sampler = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler", elem_id=f"{prefix}sampler-box")
+        steps = gr.Slider(1, limits.max_steps, value=start.steps, step=1, label="Steps", elem_id=f"{prefix}steps-slider")
+    with gr.Row():
+        cfg = gr.Slider(0, 20, value=start.guidance_scale, step=0.5, label="Guidance scale (CFG)", elem_id=f"{prefix}cfg-slider")
+        rescale = gr.Slider(0, 1, value=start.guidance_rescale, step=0.05, label="CFG rescale", info="0 = off; 0.7 is usual")
+    with gr.Row():
+        width = gr.Number(value=start.width, precision=0, label="Width", info="0 = model's native size")
+        height = gr.Number(value=start.height, precision=0, label="Height", info="0 = model's native size")
+        batch = gr.Slider(1, limits.max_batch, value=start.batch_size, step=1, label="Batch size")
+    with gr.Row():
+        seed = gr.Number(value=start.seed, precision=0, label="Seed", info="-1 = random", elem_id=f"{prefix}seed-box")
+        preview_every = gr.Slider(0, 20, value=start.preview_every, step=1, label="Preview every N steps", info="0 = off")
+    with gr.Accordion("Guidance: CFG interval, classifier guidance, text guidance", open=False):
+        with gr.Row():
+            cfg_start = gr.Slider(0, 1, value=start.cfg_start, step=0.05, label="CFG from", info="fraction of the run")
+            cfg_end = gr.Slider(0, 1, value=start.cfg_end, step=0.05, label="CFG until", info="outside: prompt only")
+        with gr.Row():
+            classifier_scale = gr.Slider(0, 20, value=start.classifier_scale, step=0.5, label="Classifier guidance scale",
+                                         info="needs a noise-aware classifier (the embedded suite has one; 8 is a good start)",
+                                         elem_id=f"{prefix}classifier-scale")
+            classifier_target = gr.Textbox(label="Classifier target", placeholder="e.g. red star, two blue squares, "
+                                           "a person waving; empty: the prompt", elem_id=f"{prefix}classifier-target")
+        text_scale = gr.Slider(0, 20, value=start.text_guidance_scale, step=0.5, label="Text guidance scale",
+                               info="gradient of a judge of image and prompt on x0-hat: the model's own judge, "
+                                    "or CLIP (--clip-model) for other models")
+    return GenerationForm(model, refresh, prompt, negative, sampler, steps, cfg, rescale, seed, width, height, batch,
+                          preview_every, cfg_start, cfg_end, classifier_scale, classifier_target, text_scale)
+
+
+def request_from_form(values) -> Txt2ImgRequest:
+    """The form's values (in FIELDS order) as a request; an emptied box (None) means the field's default."""
+    defaults = Txt2ImgRequest()
+    return Txt2ImgRequest(**{k: getattr(defaults, k) if v is None else _plain(v) for k, v in zip(FIELDS, values)})
+
+
+def _plain(value):
+    """Gradio numbers arrive as float; the request wants ints where the field is int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
