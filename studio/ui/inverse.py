@@ -145,7 +145,8 @@ def build(studio: Studio) -> None:
                 return update
             assert isinstance(event, Result)
             m = event.metrics
-            return {gallery: gr.update(value=result_gallery(event), label=gallery_label(op, "clean" in event.named)),
+            return {live: enlarge(event.images[0]),  # the live box ends on the result, as in every tab
+                    gallery: gr.update(value=result_gallery(event), label=gallery_label(op, "clean" in event.named)),
                     table: score_table(m),
                     progress: status(f"Done in {time.perf_counter() - t0:.1f} s · zeta {m['zeta']:.3g} · sigma {m['sigma']:g} · "
                                      f"DPS residual {m['dps_residual_rms']:.4f}", "ok")}
