@@ -81,8 +81,14 @@ def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: floa
         # One CPU generator per image, so that a seed gives the same image on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (batch, pipe.unet.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * noise_scale(scheduler)
     return Prepared(cond, scheduler, space, latents, seeds, generators, (height, width))
+
+
+def noise_scale(scheduler) -> float:
+    """How far the initial noise is scaled: init_noise_sigma (k-diffusion schedulers' sigma_max); 1 for flow
+    matching, whose schedulers have no such attribute (x_1 is the noise itself)."""
+    return getattr(scheduler, "init_noise_sigma", 1.0)
 
 
 def start_from(run: Prepared, start: torch.Tensor, steps: int, strength: float) -> Prepared:
@@ -91,7 +97,7 @@ def start_from(run: Prepared, start: torch.Tensor, steps: int, strength: float) 
     begin = start_index(run.scheduler, steps, strength)
     if hasattr(run.scheduler, "set_begin_index"):
         run.scheduler.set_begin_index(begin)
-    noise = run.latents / run.scheduler.init_noise_sigma
+    noise = run.latents / noise_scale(run.scheduler)
     run.latents = noise_to(run.scheduler, start.expand_as(noise).to(noise), noise, run.scheduler.timesteps[begin:begin + 1])
     run.begin = begin
     return run
