@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, SD3Transformer2DModel, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from studio import sources
 from studio.config import StudioConfig
@@ -21,6 +21,16 @@ from studio.errors import ModelError, StudioError
 from studio.judges import Judges
 from studio.judges import load as load_judges
 from studio.sampling.previews import LATENT_RGB_FACTORS, LATENT_RGB_FILE, latent_family
+
+
+def denoiser_name(pipe: DiffusionPipeline) -> str | None:
+    """The component the loop runs: "unet" (SD 1.x, 2.x, XL, the embedded suite), "transformer" (SD3-class models:
+    an SD3Transformer2DModel), or None when the pipeline has neither."""
+    if getattr(pipe, "unet", None) is not None:
+        return "unet"
+    if isinstance(getattr(pipe, "transformer", None), SD3Transformer2DModel):
+        return "transformer"
+    return None
 
 
 @dataclass
@@ -39,8 +49,17 @@ class LoadedModel:
         return isinstance(self.pipe, StableDiffusionXLPipeline)
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the loop runs: the UNet, or an SD3-class model's transformer."""
+        return getattr(self.pipe, denoiser_name(self.pipe))
+
+    @property
+    def is_sd3(self) -> bool:
+        return isinstance(self.denoiser, SD3Transformer2DModel)
+
+    @property
     def family(self) -> str | None:
-        return latent_family(dict(self.pipe.vae.config), dict(self.pipe.unet.config))
+        return latent_family(dict(self.pipe.vae.config), dict(self.denoiser.config))
 
     @cached_property
     def judges(self) -> Judges | None:
@@ -64,7 +83,12 @@ class LoadedModel:
 
     @property
     def default_size(self) -> int:
-        return self.pipe.unet.config.sample_size * self.vae_scale_factor
+        return self.denoiser.config.sample_size * self.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor, times the transformer's patch size."""
+        return self.vae_scale_factor * getattr(self.denoiser.config, "patch_size", 1)
 
 
 MAX_CONTROLNETS = 4  # ControlNets kept loaded (least recently used dropped first)
@@ -91,14 +115,15 @@ def _module_bytes(pipe: DiffusionPipeline) -> int:
     return total
 
 
-def _weights_hash(source: sources.ModelSource) -> str:
-    """A short, cheap fingerprint: sha256 of the UNet's (or checkpoint's) safetensors header, which lists every tensor."""
+def _weights_hash(source: sources.ModelSource, denoiser: str) -> str:
+    """A short, cheap fingerprint: sha256 of the denoiser's (or checkpoint's) safetensors header, which lists every
+    tensor. `denoiser` is its folder: "unet" or "transformer"."""
     location = Path(source.location)
     if location.is_file():
         files = [location]
-    else:  # pickle weights (allowed with --allow-pickle) when the UNet has no safetensors
-        files = sorted(location.glob("unet/*.safetensors")) or sorted(
-            p for p in location.glob("unet/*") if p.suffix in sources.PICKLE_SUFFIXES
+    else:  # pickle weights (allowed with --allow-pickle) when the denoiser has no safetensors
+        files = sorted(location.glob(f"{denoiser}/*.safetensors")) or sorted(
+            p for p in location.glob(f"{denoiser}/*") if p.suffix in sources.PICKLE_SUFFIXES
         )
     digest = hashlib.sha256()
     for f in files:
@@ -146,7 +171,7 @@ class ModelManager:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
             pipe = self._load(source)  # still on the CPU
-            model = LoadedModel(source, pipe, _module_bytes(pipe), _weights_hash(source))
+            model = LoadedModel(source, pipe, _module_bytes(pipe), _weights_hash(source, denoiser_name(pipe)))
             # Free least recently used models before the new one takes accelerator memory.
             while self._loaded and sum(m.nbytes for m in self._loaded.values()) + model.nbytes > self.budget_bytes:
                 self._evict(next(iter(self._loaded)))
@@ -165,12 +190,12 @@ class ModelManager:
             raise
         except Exception as e:  # noqa: BLE001 - loaders raise many types; the user needs the message
             raise ModelError(f"Could not load model {source.spec!r}: {type(e).__name__}: {e}") from e
-        for required in ("unet", "vae"):
-            if getattr(pipe, required, None) is None:
-                raise ModelError(
-                    f"{source.spec!r} is a {type(pipe).__name__}, which has no {required}; Generate supports "
-                    "Stable Diffusion style UNet models (SD 1.x, 2.x, XL, Turbo and the embedded suite)."
-                )
+        if denoiser_name(pipe) is None or getattr(pipe, "vae", None) is None:
+            raise ModelError(
+                f"{source.spec!r} is a {type(pipe).__name__}; Generate needs a UNet or an SD3 transformer, and a VAE: it "
+                "supports Stable Diffusion style UNet models (SD 1.x, 2.x, XL, Turbo and the embedded suite) and "
+                "SD3-class transformer models (SD3, SD3.5)."
+            )
         pipe.set_progress_bar_config(disable=True)
         # Inference only: gradients (guidance, DPS) are taken with respect to latents, never weights; without this,
         # every backward pass would also compute the weights' gradients (a third of a UNet backward, measured).

@@ -83,3 +83,12 @@ def test_pose_preset_drives_the_pose_controlnet(app_url, page, tmp_path):  # noq
     page.locator("#cn-status-line").get_by_text("Done").wait_for(timeout=180_000)
     pose_map = _map(page, tmp_path, 0)
     assert (pose_map.reshape(-1, 3).max(1) > 100).sum() > 50  # the coloured skeleton is shown
+    # As people iterate: Generate again with the map the first run showed, then show the maps. The shown map is
+    # not sent back as an input, so neither click fails.
+    page.locator("#cn-status-line").get_by_text("Done").wait_for(timeout=10_000)
+    page.locator("#cn-generate").click()
+    page.locator("#cn-status-line").get_by_text("Step").wait_for(timeout=60_000)
+    page.locator("#cn-status-line").get_by_text("Done").wait_for(timeout=180_000)
+    page.locator("#cn-show-maps").click()
+    page.locator("#cn-status-line").get_by_text("Control maps at 64x64").wait_for(timeout=60_000)
+    assert page.get_by_text("Error", exact=True).count() == 0

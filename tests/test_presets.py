@@ -9,7 +9,7 @@ from studio.jobs import Txt2ImgRequest
 from studio.presets import Preset, apply_preset, get_preset, load_presets
 from studio.sampling.schedulers import SAMPLERS
 
-SHIPPED = {"shapes-fast", "sd15", "sd21", "sdxl", "sd-turbo"}
+SHIPPED = {"shapes-fast", "sd15", "sd21", "sdxl", "sd-turbo", "sd3"}
 
 
 def test_shipped_presets_load_with_known_samplers():

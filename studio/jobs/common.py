@@ -15,7 +15,7 @@ from studio.errors import RequestError
 from studio.events import Step
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import previews
-from studio.sampling.loop import Conditioning, Hooks, LoopState, denoise, noise_to, start_index, step_kwargs
+from studio.sampling.loop import Conditioning, Hooks, LoopState, ModelFn, denoise, noise_to, start_index, step_kwargs
 from studio.sampling.schedulers import make_scheduler
 
 MAX_SEED = 2**32 - 1
@@ -29,6 +29,13 @@ def check_seed(seed: int) -> None:
 def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
     """Text conditioning through the pipeline's own encoder code, so every model family encodes as diffusers does."""
     pipe, device = model.pipe, model.pipe._execution_device
+    if model.is_sd3:
+        # Both CLIPs and T5 read the one prompt; the pooled CLIP embeddings travel as `added`.
+        pe, npe, pooled, npooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=batch,
+            do_classifier_free_guidance=do_cfg, negative_prompt=negative or None,
+        )
+        return Conditioning(pe, npe, {"pooled": pooled}, {"pooled": npooled} if do_cfg else None)
     if model.is_xl:
         pe, npe, pooled, npooled = pipe.encode_prompt(
             prompt=prompt, device=device, num_images_per_prompt=batch, do_classifier_free_guidance=do_cfg,
@@ -43,13 +50,22 @@ def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do
     return Conditioning(pe, npe)
 
 
-def unet_fn(unet):
-    """Adapt a diffusers UNet to the loop's model contract."""
+def model_fn(model: LoadedModel) -> ModelFn:
+    """Adapt the model's denoiser (a UNet, or an SD3 transformer) to the loop's model contract."""
+    denoiser = model.denoiser
+    if model.is_sd3:
 
-    def model(x, t, embeds, added, control):
-        return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **control)[0]
+        def transformer(x, t, embeds, added, control):
+            # One timestep per sample, as SD3's pipeline passes it (its time embedding wants a 1-D tensor).
+            return denoiser(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=embeds,
+                            pooled_projections=added["pooled"], return_dict=False)[0]
 
-    return model
+        return transformer
+
+    def unet(x, t, embeds, added, control):
+        return denoiser(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **control)[0]
+
+    return unet
 
 
 @dataclass
@@ -80,7 +96,7 @@ def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: floa
         scheduler.set_timesteps(steps, device=device)
         # One CPU generator per image, so that a seed gives the same image on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        shape = (batch, pipe.unet.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
+        shape = (batch, model.denoiser.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
         latents = randn_tensor(shape, generator=generators, device=device, dtype=cond.embeds.dtype) * noise_scale(scheduler)
     return Prepared(cond, scheduler, space, latents, seeds, generators, (height, width))
 
@@ -117,7 +133,7 @@ def stream(manager: ModelManager, model: LoadedModel, run: Prepared, guidance_sc
     order = getattr(scheduler, "order", 1)
     latents, t0 = run.latents, time.perf_counter()
     for state in denoise(
-        unet_fn(model.pipe.unet), scheduler, run.space, latents, run.cond, guidance_scale,
+        model_fn(model), scheduler, run.space, latents, run.cond, guidance_scale,
         guidance_rescale=guidance_rescale, cfg_interval=cfg_interval,
         extra_step_kwargs=step_kwargs(scheduler, run.generators, eta), hooks=hooks,
         want_x0=lambda i: every > 0 and i % every == 0 and i < len(scheduler.timesteps) - run.begin,

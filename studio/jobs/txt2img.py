@@ -14,7 +14,7 @@ from studio.jobs.common import check_seed, prepare, stream
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import guidance, previews
 from studio.sampling.loop import Hooks
-from studio.sampling.schedulers import get_sampler
+from studio.sampling.schedulers import MODEL_DEFAULT, check_sampler, sampler_from_label, sampler_label
 
 SIZE_MULTIPLE = 8
 
@@ -24,7 +24,7 @@ class Txt2ImgRequest:
     prompt: str = ""
     negative_prompt: str = ""
     model: str = DEFAULT_MODEL
-    sampler: str = "DPM++ 2M"
+    sampler: str = MODEL_DEFAULT  # "": the model's own scheduler, from its folder
     steps: int = 25
     guidance_scale: float = 7.0
     guidance_rescale: float = 0.0
@@ -46,7 +46,7 @@ class Txt2ImgRequest:
 def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[str]]:
     """Refuse what cannot run; round what can (saying so). Returns the request to run and the notices."""
     notices: list[str] = []
-    get_sampler(req.sampler)
+    check_sampler(req.sampler)
     if not 1 <= req.steps <= limits.max_steps:
         raise RequestError(f"Steps must be between 1 and {limits.max_steps} (got {req.steps}).")
     if not 1 <= req.batch_size <= limits.max_batch:
@@ -72,7 +72,7 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
             continue
         if not limits.min_side <= value <= limits.max_side:
             raise RequestError(f"{name.capitalize()} must be between {limits.min_side} and {limits.max_side} pixels (got {value}).")
-        rounded = max(SIZE_MULTIPLE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        rounded = _round_to(value, SIZE_MULTIPLE)
         if rounded != value:
             notices.append(f"{name.capitalize()} {value} is not a multiple of {SIZE_MULTIPLE}; rounded to {rounded}.")
         sides[name] = rounded
@@ -81,7 +81,16 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
 
 def image_size(model: LoadedModel, req: Txt2ImgRequest) -> tuple[int, int]:
     """(height, width) a request samples at: its own, or the model's native size where it says 0."""
-    return req.height or model.default_size, req.width or model.default_size
+    height, width = req.height or model.default_size, req.width or model.default_size
+    multiple = model.size_multiple
+    if height % multiple or width % multiple:
+        raise RequestError(f"{model.name} samples at sides that are multiples of {multiple} pixels; got {width}x{height}. "
+                           f"Try {_round_to(width, multiple)}x{_round_to(height, multiple)}.")
+    return height, width
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
 
 
 # ---------------------------------------------------------------- guidance beyond CFG, from the model's judges
@@ -155,13 +164,16 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
 def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Generator[Step | Notice, None, Result]:
     """A checked request on a loaded model, inside the job's session: Steps while denoising; returns the Result."""
     # 2. The prompt, sampler and noise; guidance and ControlNet hooks.
+    if req.controls and model.is_sd3:
+        raise RequestError(f"ControlNet works with UNet models (SD 1.x, 2.x, XL and the embedded suite); {model.name} is "
+                           "an SD3-class transformer model. Use Generate without ControlNets for it.")
     run = prepare(model, req.prompt, req.negative_prompt, req.guidance_scale, req.sampler, req.steps, req.seed,
                   req.batch_size, image_size(model, req))
     hooks = guidance_hooks(model, req, run.scheduler, run.space, manager.clip() if req.text_guidance_scale > 0 else None)
-    units, notes = build_units(manager, model, req.controls, run.size)
-    for text in notes:
-        yield Notice(text)
-    if units:
+    if req.controls:
+        units, notes = build_units(manager, model, req.controls, run.size)
+        for text in notes:
+            yield Notice(text)
         hooks.control = control_hook(units)
     # 3. Denoise, streaming x0-hat previews.
     t0 = time.perf_counter()
@@ -172,12 +184,13 @@ def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Ge
     pixels = ((images.detach().float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
     pil = previews.to_pil(images)
     height, width = run.size
+    sampler = sampler_label(req.sampler, run.scheduler)
     infotexts, paths = [], []
     for image, s in zip(pil, run.seeds):
         params = metadata.GenerationParams(
-            prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
+            prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=sampler,
             cfg_scale=req.guidance_scale, seed=s, width=width, height=height, model=model.name,
-            model_hash=model.model_hash, extra=_extras(req),
+            model_hash=model.model_hash, extra=_extras(req, sampler),
         )
         infotexts.append(metadata.format_parameters(params))
         if req.save:
@@ -185,11 +198,11 @@ def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Ge
     return Result(pil, infotexts, paths, run.seeds, {"seconds": time.perf_counter() - t0}, pixels=pixels)
 
 
-def _extras(req: Txt2ImgRequest) -> dict[str, str]:
+def _extras(req: Txt2ImgRequest, sampler: str) -> dict[str, str]:
     extra = {}
     if req.guidance_rescale > 0:
         extra["CFG rescale"] = f"{req.guidance_rescale:g}"
-    if req.eta and req.sampler in ("DDIM",):
+    if req.eta and sampler in ("DDIM",):
         extra["Eta"] = f"{req.eta:g}"
     if (req.cfg_start, req.cfg_end) != (0.0, 1.0):
         extra["CFG interval"] = f"{req.cfg_start:g}-{req.cfg_end:g}"
@@ -215,6 +228,6 @@ def params_to_request(params: metadata.GenerationParams) -> Txt2ImgRequest:
         classifier_target=params.extra.get("Classifier target", ""),
         text_guidance_scale=float(params.extra.get("Text guidance", 0) or 0),
         prompt=params.prompt, negative_prompt=params.negative_prompt, model=params.model or DEFAULT_MODEL,
-        sampler=params.sampler, steps=params.steps, guidance_scale=params.cfg_scale, guidance_rescale=rescale,
+        sampler=sampler_from_label(params.sampler), steps=params.steps, guidance_scale=params.cfg_scale, guidance_rescale=rescale,
         seed=params.seed, width=params.width, height=params.height, eta=float(params.extra.get("Eta", 0) or 0),
     )

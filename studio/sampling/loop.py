@@ -25,7 +25,7 @@ class Conditioning:
 
     embeds: torch.Tensor
     negative: torch.Tensor | None = None
-    added: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds, time_ids
+    added: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds, time_ids; SD3: pooled
     negative_added: dict[str, torch.Tensor] | None = None
 
 

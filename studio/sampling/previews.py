@@ -12,6 +12,11 @@ LATENT_RGB_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
             [0.0, 0.0, 0.0]),
     "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
              [0.1084, -0.0175, -0.0011]),
+    "sd3": ([[-0.0922, -0.0175, 0.0749], [0.0311, 0.0633, 0.0954], [0.1994, 0.0927, 0.0458], [0.0856, 0.0339, 0.0902],
+             [0.0587, 0.0272, -0.0496], [-0.0006, 0.1104, 0.0309], [0.0978, 0.0306, 0.0427], [-0.0042, 0.1038, 0.1358],
+             [-0.0194, 0.0020, 0.0669], [-0.0488, 0.0130, -0.0268], [0.0922, 0.0988, 0.0951], [-0.0278, 0.0524, -0.0542],
+             [0.0332, 0.0456, 0.0895], [-0.0069, -0.0030, -0.0810], [-0.0596, -0.0465, -0.0293], [-0.1448, -0.1463, -0.1189]],
+            [0.2394, 0.2135, 0.1925]),
 }
 LATENT_RGB_FILE = "latent_rgb.json"  # optional, beside a VAE's config: {"factors": [[r, g, b] per channel], "bias": [r, g, b]}
 
@@ -26,11 +31,14 @@ def fit_latent_rgb(latents: torch.Tensor, images: torch.Tensor) -> tuple[list[li
     return w[:-1].tolist(), w[-1].tolist()
 
 
-def latent_family(vae_config: dict, unet_config: dict) -> str | None:
-    """Which published factor set fits a model, or None (then previews use the VAE)."""
+def latent_family(vae_config: dict, denoiser_config: dict) -> str | None:
+    """Which published factor set fits a model (from its VAE's and its UNet's or transformer's configs), or None
+    (then previews use the VAE)."""
+    if vae_config.get("latent_channels") == 16 and "caption_projection_dim" in denoiser_config:
+        return "sd3"  # SD3's 16-channel VAE, under an SD3 transformer (MMDiT)
     if vae_config.get("latent_channels") != 4:
         return None
-    if unet_config.get("addition_embed_type") == "text_time":
+    if denoiser_config.get("addition_embed_type") == "text_time":
         return "sdxl"
     if vae_config.get("block_out_channels") == [128, 256, 512, 512]:
         return "sd1"  # SD 1.x and 2.x share the VAE

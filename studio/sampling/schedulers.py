@@ -1,9 +1,10 @@
-"""Sampler names as users know them (A1111 / ComfyUI) -> diffusers schedulers."""
+"""Sampler names as users know them (A1111 / ComfyUI) -> diffusers schedulers; or the model's own scheduler."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import diffusers
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -11,6 +12,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     UniPCMultistepScheduler,
 )
@@ -38,8 +40,20 @@ SAMPLERS: dict[str, Sampler] = {
     "DPM++ 2M Karras": Sampler(DPMSolverMultistepScheduler, "vp", {"use_karras_sigmas": True}),
     "UniPC": Sampler(UniPCMultistepScheduler, "vp"),
     "Flow Match Euler": Sampler(FlowMatchEulerDiscreteScheduler, "flow"),
+    "Flow Match Heun": Sampler(FlowMatchHeunDiscreteScheduler, "flow"),
 }
-FLOW_SAMPLERS = ("Flow Match Euler",)
+FLOW_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.space == "flow")
+
+MODEL_DEFAULT = ""  # the sampler "name" that means: the model's own scheduler, as its folder configures it
+# The space of each scheduler class a model folder may name as its own: the registry's classes, and the defaults of
+# well-known folders outside it (PNDM: SD 1.x; LMS: early SD 1.x; the others: fine-tunes that ship them).
+OWN_SCHEDULER_SPACES: dict[str, str] = {
+    **{sampler.cls.__name__: sampler.space for sampler in SAMPLERS.values()},
+    "PNDMScheduler": "vp",
+    "LMSDiscreteScheduler": "ve",
+    "DPMSolverSinglestepScheduler": "vp",
+    "DEISMultistepScheduler": "vp",
+}
 
 
 def sampler_names(flow: bool = False) -> list[str]:
@@ -53,12 +67,54 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
+def check_sampler(name: str) -> None:
+    """A request's sampler: a registry name, or MODEL_DEFAULT (checked against the model when it is loaded)."""
+    if name != MODEL_DEFAULT:
+        get_sampler(name)
+
+
+def _is_flow(base_config: dict) -> bool:
+    return "FlowMatch" in base_config.get("_class_name", "")
+
+
+def _fitting(base_config: dict) -> str:
+    return ", ".join(sampler_names(flow=_is_flow(base_config)))
+
+
 def make_scheduler(name: str, base_config: dict) -> tuple[SchedulerMixin, str]:
-    """A fresh scheduler of the named kind built on the model's own scheduler config; returns it and its space."""
+    """A fresh scheduler of the named kind built on the model's own scheduler config; returns it and its space.
+    MODEL_DEFAULT gives the model's own scheduler."""
+    if name == MODEL_DEFAULT:
+        return own_scheduler(base_config)
     sampler = get_sampler(name)
-    is_flow_model = "FlowMatch" in base_config.get("_class_name", "")
+    is_flow_model = _is_flow(base_config)
     if is_flow_model != (sampler.space == "flow"):
-        fits = ", ".join(sampler_names(flow=is_flow_model))
         kind = "a flow-matching (velocity)" if is_flow_model else "a noise-prediction"
-        raise RequestError(f"Sampler {name!r} does not fit {kind} model. Samplers for this model: {fits}.")
+        raise RequestError(f"Sampler {name!r} does not fit {kind} model. Samplers for this model: {_fitting(base_config)}.")
     return sampler.cls.from_config(base_config, **sampler.kwargs), sampler.space
+
+
+def own_scheduler(base_config: dict) -> tuple[SchedulerMixin, str]:
+    """The model's own scheduler (class and settings from its folder) and its space."""
+    class_name = base_config.get("_class_name", "")
+    if class_name not in OWN_SCHEDULER_SPACES:
+        raise RequestError(f"The model's own scheduler, {class_name or 'of no named class'}, is not one the studio knows "
+                           f"how to sample with; choose a sampler: {_fitting(base_config)}.")
+    return getattr(diffusers, class_name).from_config(base_config), OWN_SCHEDULER_SPACES[class_name]
+
+
+def sampler_label(name: str, scheduler: SchedulerMixin) -> str:
+    """How a run's sampler is named in its saved settings: the request's name; for the model's own scheduler, the
+    registry name of the same class and options (the most specific: "DPM++ 2M Karras" over "DPM++ 2M"), else the
+    class name."""
+    if name != MODEL_DEFAULT:
+        return name
+    same = [(n, s) for n, s in SAMPLERS.items()
+            if s.cls is type(scheduler) and all(scheduler.config.get(k) == v for k, v in s.kwargs.items())]
+    return max(same, key=lambda item: len(item[1].kwargs))[0] if same else type(scheduler).__name__
+
+
+def sampler_from_label(label: str) -> str:
+    """A saved "Sampler" setting back to a request's sampler: a scheduler class name (the model's own scheduler,
+    saved by `sampler_label`) means MODEL_DEFAULT; anything else stays as it is (and is checked as a name)."""
+    return MODEL_DEFAULT if label in OWN_SCHEDULER_SPACES else label

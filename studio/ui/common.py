@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from studio.errors import Cancelled, StudioError
 from studio.events import Notice, Result, Step
 
 log = logging.getLogger("studio.ui")
 
+CELL = 128  # grid cells are shown at least this big (64 px suite images are upscaled x2, pixelated)
+PENDING = (200, 200, 200)
 ACCELERATOR = "accelerator"  # one Gradio concurrency group for every job that uses the GPU
 
 CSS = """
@@ -112,3 +114,35 @@ def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict
         return {out.progress: status(text, kind)}
 
     yield from guarded(events, on_event, on_error)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def compose_grid(cells: dict[tuple[int, int], Image.Image], row_labels: list[str], col_labels: list[str]) -> Image.Image:
+    """One labelled sheet: column headers (scales) on top, row labels on the left, grey where a cell is not done yet."""
+    first = next(iter(cells.values()))
+    factor = max(1, CELL // max(first.size))
+    w, h = first.width * factor, first.height * factor
+    font = _font(14)
+    left = max([110] + [int(font.getlength(t)) + 12 for t in row_labels])
+    top, gap = 24, 2
+    sheet = Image.new("RGB", (left + len(col_labels) * (w + gap), top + len(row_labels) * (h + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, text in enumerate(col_labels):
+        x = left + c * (w + gap) + (w - font.getlength(text)) / 2
+        draw.text((x, 4), text, fill="black", font=font)
+    for r, text in enumerate(row_labels):
+        draw.text((6, top + r * (h + gap) + h / 2 - 8), text, fill="black", font=font)
+        for c in range(len(col_labels)):
+            xy = (left + c * (w + gap), top + r * (h + gap))
+            image = cells.get((r, c))
+            if image is None:
+                draw.rectangle([xy, (xy[0] + w - 1, xy[1] + h - 1)], fill=PENDING)
+            else:
+                sheet.paste(image.convert("RGB").resize((w, h), Image.Resampling.NEAREST), xy)
+    return sheet

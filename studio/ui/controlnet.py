@@ -39,14 +39,15 @@ class Unit:
     sketch: gr.Sketchpad
     drawing: gr.Image
     pose_json: gr.Textbox
-    control_map: gr.Image
+    ready: gr.Image
+    control_map: gr.Image  # output only
     scale: gr.Slider
     start: gr.Slider
     end: gr.Slider
 
     def inputs(self) -> list:
         return [self.enabled, self.net, self.source, self.image, self.low, self.high, self.sketch, self.drawing,
-                self.pose_json, self.control_map, self.scale, self.start, self.end]
+                self.pose_json, self.ready, self.scale, self.start, self.end]
 
 
 def unit_request(enabled, net, annotator, image, low, high, sketch, drawing, pose_json, ready, scale, start, end
@@ -98,16 +99,20 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
                                       Path(studio.config.models_dir) / detect.DEFAULT_OPENPOSE_DIR_NAME),
                                   label="OpenPose model (folder or file) for detection")
         detect_btn = gr.Button("Detect pose")
-    control_map = gr.Image(type="numpy", label="Control map (what the ControlNet sees; download it, or drop a ready one here)",
-                           sources=["upload"], height=220, buttons=["download"], elem_id=f"cn{k}-map",
-                           elem_classes=["pixelated", "control-map"])
+    with gr.Group(visible=source_default == "none") as ready_group:
+        ready = gr.Image(type="numpy", label="Ready-made control map (drop one here)", sources=["upload", "clipboard"],
+                         height=160, elem_id=f"cn{k}-ready")
+    # Output only: a map the job showed is never sent back as an input (a shown image round-tripping as input made
+    # the next click fail with "Image path is None").
+    control_map = gr.Image(type="numpy", label="Control map (what the ControlNet sees; download it)", interactive=False,
+                           height=220, buttons=["download"], elem_id=f"cn{k}-map", elem_classes=["pixelated", "control-map"])
     with gr.Row():
         scale = gr.Slider(0, MAX_CONTROL_SCALE, value=1.0, step=0.05, label="Conditioning scale", elem_id=f"cn{k}-scale")
         start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guidance start")
         end = gr.Slider(0, 1, value=1.0, step=0.05, label="Guidance end")
     pose_msg = gr.Markdown(elem_id=f"cn{k}-pose-status")
 
-    groups = {"scribble": sketch_group, "canny": canny_group, "pose": pose_group}  # "none": the map box alone
+    groups = {"scribble": sketch_group, "canny": canny_group, "pose": pose_group, "none": ready_group}
     source.change(lambda s: [gr.update(visible=s == name) for name in groups], source, list(groups.values()), queue=False)
 
     def use_preset(name):
@@ -156,7 +161,7 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
     joint.change(joint_position, [pose_json, joint], [jx, jy], queue=False)
     pose_file.upload(load_file, pose_file, [pose_json, pose_msg], queue=False)
     detect_btn.click(run_detection, [photo, detect_model], [pose_json, pose_msg])
-    return Unit(enabled, net, source, image, low, high, sketch, drawing, pose_json, control_map, scale, start, end)
+    return Unit(enabled, net, source, image, low, high, sketch, drawing, pose_json, ready, control_map, scale, start, end)
 
 
 def build(studio: Studio) -> None:

@@ -9,10 +9,12 @@ import gradio as gr
 from studio.config import DEFAULT_MODEL
 from studio.jobs import Txt2ImgRequest
 from studio.presets import apply_preset
-from studio.sampling.schedulers import SAMPLERS
+from studio.sampling.schedulers import MODEL_DEFAULT, SAMPLERS
 from studio.studio import Studio
 
 DEFAULT_PRESET = "shapes-fast"
+# The sampler dropdown: first the model's own scheduler (from its folder), then the registry by name.
+SAMPLER_CHOICES = [("Model default", MODEL_DEFAULT), *((name, name) for name in SAMPLERS)]
 # Request fields the form edits, in the order of `GenerationForm.components()`.
 FIELDS = ("model", "prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "guidance_rescale",
           "seed", "width", "height", "batch_size", "preview_every",
@@ -20,7 +22,8 @@ FIELDS = ("model", "prompt", "negative_prompt", "sampler", "steps", "guidance_sc
 
 
 def opening_request(studio: Studio) -> Txt2ImgRequest:
-    """The form's first values: the request defaults, with the fast preset when the embedded suite is the default model."""
+    """The form's first values: the request defaults (sampler: the model's own), with the fast preset when the embedded
+    suite is the default model."""
     start = Txt2ImgRequest()
     if studio.default_model() == DEFAULT_MODEL and DEFAULT_PRESET in studio.presets:
         start = apply_preset(start, studio.presets[DEFAULT_PRESET])
@@ -80,7 +83,7 @@ def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button
     start = opening_request(studio)
     limits = studio.config.limits
     with gr.Row():
-        sampler = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler", elem_id=f"{prefix}sampler-box")
+        sampler = gr.Dropdown(SAMPLER_CHOICES, value=start.sampler, label="Sampler", elem_id=f"{prefix}sampler-box")
         steps = gr.Slider(1, limits.max_steps, value=start.steps, step=1, label="Steps", elem_id=f"{prefix}steps-slider")
     with gr.Row():
         cfg = gr.Slider(0, 20, value=start.guidance_scale, step=0.5, label="Guidance scale (CFG)", elem_id=f"{prefix}cfg-slider")

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from studio.events import Cell, Notice, SweepSummary
 from studio.jobs import Txt2ImgRequest
 from studio.sampling.schedulers import SAMPLERS
 from studio.studio import Studio
 from studio.jobs.sweep import AXES, MAX_SIDE, SweepRequest, parse_axis_values, parse_scales, sweep
-from studio.ui.common import ACCELERATOR, guarded, status
+from studio.ui.common import ACCELERATOR, compose_grid, guarded, status
 
-CELL = 128  # each image is shown at least this big (64 px suite images are upscaled x2, pixelated)
-PENDING = (200, 200, 200)
 TABLE_HEADERS = ["scale", "adherence", "diversity"]
 AXIS_CHOICES = [(f"{label} ({name})" if name != "seed" else "seeds", name) for name, label in AXES.items()]
 
@@ -89,38 +87,6 @@ def build(studio: Studio) -> None:
     run_btn.click(run, [model, prompt, negative, sampler, steps, seed, rows, scales, axis, values], [grid, progress, table, plot],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="sweep")
     stop.click(studio.manager.request_stop, None, None, queue=False)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def compose_grid(cells: dict[tuple[int, int], Image.Image], row_labels: list[str], col_labels: list[str]) -> Image.Image:
-    """One labelled sheet: column headers (scales) on top, row labels on the left, grey where a cell is not done yet."""
-    first = next(iter(cells.values()))
-    factor = max(1, CELL // max(first.size))
-    w, h = first.width * factor, first.height * factor
-    font = _font(14)
-    left = max([110] + [int(font.getlength(t)) + 12 for t in row_labels])
-    top, gap = 24, 2
-    sheet = Image.new("RGB", (left + len(col_labels) * (w + gap), top + len(row_labels) * (h + gap)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, text in enumerate(col_labels):
-        x = left + c * (w + gap) + (w - font.getlength(text)) / 2
-        draw.text((x, 4), text, fill="black", font=font)
-    for r, text in enumerate(row_labels):
-        draw.text((6, top + r * (h + gap) + h / 2 - 8), text, fill="black", font=font)
-        for c in range(len(col_labels)):
-            xy = (left + c * (w + gap), top + r * (h + gap))
-            image = cells.get((r, c))
-            if image is None:
-                draw.rectangle([xy, (xy[0] + w - 1, xy[1] + h - 1)], fill=PENDING)
-            else:
-                sheet.paste(image.convert("RGB").resize((w, h), Image.Resampling.NEAREST), xy)
-    return sheet
 
 
 def summary_table(summary: SweepSummary) -> pd.DataFrame:

@@ -1,0 +1,82 @@
+"""Measure the flow suite against the diffusion suite: prompt adherence at 25 steps and at few model evaluations,
+and the straightness of the flow model's trajectories, through the studio's own jobs (the page's code path).
+
+    python -m studio.shapes.evaluate_flow --prompts 240 [--write]     (--write: eval_flow.json in the flow folder)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
+from studio.events import Result
+from studio.jobs import Txt2ImgRequest, txt2img
+from studio.jobs.flow_compare import steps_for, straightness
+from studio.manager import ModelManager
+from studio.shapes import evaluate
+from studio.shapes import evaluator as ev
+
+FLOW_MODEL = "shapes-v1-flow"
+# (model, sampler, model evaluations): the issue's comparisons.
+RUNS = [
+    (DEFAULT_MODEL, "DPM++ 2M", 25), (FLOW_MODEL, "Flow Match Euler", 25),
+    (DEFAULT_MODEL, "DDIM", 4), (DEFAULT_MODEL, "DPM++ 2M", 4), (DEFAULT_MODEL, "UniPC", 4),
+    (FLOW_MODEL, "Flow Match Euler", 4), (FLOW_MODEL, "Flow Match Euler", 8),
+    (FLOW_MODEL, "Flow Match Euler", 2), (FLOW_MODEL, "Flow Match Euler", 1),
+]
+
+
+def images_for(manager: ModelManager, model: str, sampler: str, steps: int, prompts: list[str], cfg: float,
+               seed: int = 1) -> np.ndarray:
+    """uint8 images, prompt k with seed + k, through txt2img (one job per prompt)."""
+    out = []
+    for k, prompt in enumerate(prompts):
+        req = Txt2ImgRequest(prompt=prompt, model=model, sampler=sampler, steps=steps, guidance_scale=cfg, seed=seed + k,
+                             preview_every=0, save=False)
+        result = [e for e in txt2img(manager, req) if isinstance(e, Result)][-1]
+        out.append(np.asarray(result.images[0].convert("RGB")))
+    return np.stack(out)
+
+
+def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight: int = 16) -> dict:
+    manager = ModelManager(StudioConfig())
+    judge = ev.load(ASSETS_MODELS / DEFAULT_MODEL / "evaluator")
+    prompts, wanted = evaluate.prompt_set(n_prompts)
+    report = {"prompts": n_prompts, "cfg": cfg, "runs": []}
+    for model, sampler, evaluations in runs:
+        steps = steps_for(sampler, evaluations)
+        t0 = time.time()
+        images = images_for(manager, model, sampler, steps, prompts, cfg)
+        entry = {"model": model, "sampler": sampler, "evaluations": evaluations, "steps": steps,
+                 "adherence": evaluate.adherence_report(ev.predict(judge, images), wanted),
+                 "seconds": round(time.time() - t0, 1)}
+        if model == FLOW_MODEL:
+            loaded = manager.get(model)
+            entry["straightness"] = round(float(np.mean([
+                straightness(manager, loaded, Txt2ImgRequest(prompt=p, model=model, sampler=sampler, steps=steps,
+                                                             guidance_scale=cfg, seed=1 + k))
+                for k, p in enumerate(prompts[:n_straight])])), 5)
+        print(json.dumps(entry), flush=True)
+        report["runs"].append(entry)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=240)
+    p.add_argument("--cfg", type=float, default=evaluate.DEFAULT_CFG)
+    p.add_argument("--write", action="store_true", help="write eval_flow.json into the flow suite's folder")
+    args = p.parse_args(argv)
+    report = run(args.prompts, args.cfg)
+    if args.write:
+        path = Path(ASSETS_MODELS / FLOW_MODEL / "eval_flow.json")
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
