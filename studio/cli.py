@@ -1,4 +1,4 @@
-"""Command line: `python -m studio generate|control|inverse|sweep|presets|models`: the web app's jobs without a browser,
+"""Command line: `python -m studio generate|control|inverse|sweep|flow|presets|models`: the web app's jobs without a browser,
 one subcommand per job, writing the same PNGs with settings."""
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import numpy as np
 from PIL import Image
 
 from studio import sources
-from studio.config import PRESETS_DIR, add_model_flags, config_from_args
+from studio.config import PRESETS_DIR, StudioConfig, add_model_flags, config_from_args
 from studio.control.maps import ANNOTATORS, MapSource
 from studio.control.pose import POSE_PRESETS, preset_pose
 from studio.errors import ModelError, RequestError, StudioError
 from studio.events import Cell, Maps, Notice, Result, Step, SweepSummary
+from studio.flow.distributions import DISTRIBUTIONS, parse_points
+from studio.flow.pairings import DEFAULT_SINKHORN_REG, PAIRINGS
 from studio.inverse.operators import OPERATORS
 from studio.jobs import (ControlNetRequest, ControlUnitRequest, InverseRequest, SweepRequest, Txt2ImgRequest, controlnet,
                          inverse, sweep, txt2img)
+from studio.jobs.flow2d import DRAWN, Flow2DRequest, flow2d, parse_steps, summary
 from studio.jobs.sweep import AXES, parse_axis_values, parse_scales
 from studio.presets import apply_preset, get_preset, load_presets
 
@@ -50,7 +53,7 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="Diffusion studio from the command line.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,control,inverse,sweep,presets,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,control,inverse,sweep,flow,presets,models}")
 
     gen = sub.add_parser("generate", help="text to image; saves PNGs with their settings")
     _generation_flags(gen)
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--values", default="", help="row values for axes other than seed, comma-separated")
     swp.add_argument("--rows", type=int, default=2, help="rows when the axis is seed")
     swp.add_argument("--json", action="store_true", help="print the per-column metrics as JSON")
+
+    _flow_parser(sub)
 
     pre = sub.add_parser("presets", help="list the presets (name and description)")
     pre.add_argument("--presets-dir", type=Path, default=PRESETS_DIR, help="folder of preset YAML files")
@@ -232,6 +237,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- flow: the Flow matching tab's 2D playground
+def _flow_parser(sub) -> None:
+    """`flow 2d`: train the playground's velocity fields on the CPU and print their metrics (no model files)."""
+    flow = sub.add_parser("flow", help="flow matching; `flow 2d`: the 2D playground (random vs OT pairing), metrics")
+    two_d = flow.add_subparsers(dest="flow_command", required=True, metavar="{2d}").add_parser(
+        "2d", help="train flow matching in 2D with random and minibatch-OT pairings; path energy and W2 at 1, 2, 4, 8 steps")
+    two_d.add_argument("--source", default="8gaussians", help=f"one of {', '.join(DISTRIBUTIONS)}")
+    two_d.add_argument("--target", default="moons", help=f"one of {', '.join(DISTRIBUTIONS)}, or {DRAWN} with --points")
+    two_d.add_argument("--points", type=Path, default=None, help=f"--target {DRAWN}: a text file, one 'x, y' per line")
+    two_d.add_argument("--pairing", action="append", default=None,
+                       help=f"{', '.join(PAIRINGS)}; repeat or comma-separate (default: random and ot)")
+    two_d.add_argument("--steps", type=int, default=Flow2DRequest.train_steps, help="training steps per model")
+    two_d.add_argument("--batch", type=int, default=Flow2DRequest.batch)
+    two_d.add_argument("--eval-steps", default="1,2,4,8", help="Euler steps at which W2 to the target is measured")
+    two_d.add_argument("--seed", type=int, default=0, help="-1: random")
+    two_d.add_argument("--sinkhorn-reg", type=float, default=DEFAULT_SINKHORN_REG, help="on the cost divided by its maximum")
+    two_d.add_argument("--reflow", action="store_true", help="also reflow the random-pairing model (2-rectified flow)")
+    two_d.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    two_d.add_argument("--out", type=Path, default=None, help="save the trajectory plot to this PNG (and the W2 chart beside it)")
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    points = None
+    if args.points is not None:
+        try:
+            points = parse_points(args.points.read_text())
+        except OSError as e:
+            raise RequestError(f"Could not read the points file {args.points}: {e}") from e
+    pairings = tuple(name.strip() for given in (args.pairing or ["random,ot"]) for name in given.split(",") if name.strip())
+    req = Flow2DRequest(args.source, args.target, points, pairings, parse_steps(args.eval_steps), args.steps, args.batch,
+                        args.seed, args.sinkhorn_reg, args.reflow)
+    result = _run(StudioConfig(), lambda manager: flow2d(manager, req), "")[-1]
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result.named["trajectories"].save(args.out)
+        result.named["w2"].save(args.out.with_name(f"{args.out.stem}-w2.png"))
+        print(f"saved {args.out}", file=sys.stderr if args.json else sys.stdout, flush=True)  # keep --json's stdout JSON
+    if args.json:
+        print(json.dumps(result.metrics, indent=2))
+    else:
+        for row in summary(result.metrics):
+            print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     presets = load_presets(args.presets_dir)
     if not presets:
@@ -253,7 +303,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "control": cmd_control, "inverse": cmd_inverse, "sweep": cmd_sweep,
+COMMANDS = {"generate": cmd_generate, "control": cmd_control, "inverse": cmd_inverse, "sweep": cmd_sweep, "flow": cmd_flow,
             "presets": cmd_presets, "models": cmd_models}
 
 

@@ -190,12 +190,13 @@ class ModelManager:
             raise
         except Exception as e:  # noqa: BLE001 - loaders raise many types; the user needs the message
             raise ModelError(f"Could not load model {source.spec!r}: {type(e).__name__}: {e}") from e
-        if denoiser_name(pipe) is None or getattr(pipe, "vae", None) is None:
-            raise ModelError(
-                f"{source.spec!r} is a {type(pipe).__name__}; Generate needs a UNet or an SD3 transformer, and a VAE: it "
-                "supports Stable Diffusion style UNet models (SD 1.x, 2.x, XL, Turbo and the embedded suite) and "
-                "SD3-class transformer models (SD3, SD3.5)."
-            )
+        for required, present in (("unet (or SD3 transformer)", denoiser_name(pipe)), ("vae", getattr(pipe, "vae", None))):
+            if present is None:
+                raise ModelError(
+                    f"{source.spec!r} is a {type(pipe).__name__}, which has no {required}; Generate supports "
+                    "Stable Diffusion style UNet models (SD 1.x, 2.x, XL, Turbo and the embedded suite) and SD3-class "
+                    "transformer models (SD3, SD3.5)."
+                )
         pipe.set_progress_bar_config(disable=True)
         # Inference only: gradients (guidance, DPS) are taken with respect to latents, never weights; without this,
         # every backward pass would also compute the weights' gradients (a third of a UNet backward, measured).

@@ -58,3 +58,25 @@ def test_grid_fills_row_by_row_then_summarises(manager, tiny_flow_dir):
 def test_bad_requests_are_clear_messages(manager, changes, words):
     with pytest.raises(RequestError, match=words):
         list(compare(manager, CompareRequest("x", **{"contenders": (Contender("tiny-sd", "DDIM"),), **changes})))
+
+
+def test_shift_moves_a_flow_models_timesteps_and_is_saved(manager, tiny_flow_dir):
+    from studio.events import Result
+    from studio.jobs.txt2img import txt2img
+
+    def run(shift):
+        req = Txt2ImgRequest(prompt="a red star", model=str(tiny_flow_dir), sampler="Flow Match Euler", steps=3, seed=2,
+                             guidance_scale=1.0, shift=shift, preview_every=0, save=False)
+        return [e for e in txt2img(manager, req) if isinstance(e, Result)][-1]
+
+    own, shifted = run(0.0), run(3.0)
+    assert abs(own.pixels - shifted.pixels).max() > 1e-3 and "Shift: 3" in shifted.infotexts[0]
+
+
+@pytest.mark.parametrize("model, shift, words", [("flow", 50.0, "Shift must be"), ("tiny-sd", 2.0, "flow-matching models only")])
+def test_bad_shift_is_a_clear_message(manager, tiny_flow_dir, model, shift, words):
+    from studio.jobs.txt2img import txt2img
+
+    spec = str(tiny_flow_dir) if model == "flow" else model
+    with pytest.raises(RequestError, match=words):
+        list(txt2img(manager, Txt2ImgRequest(prompt="x", model=spec, sampler="", steps=2, shift=shift, save=False)))

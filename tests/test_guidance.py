@@ -100,7 +100,7 @@ def test_text_guidance_raises_the_judged_probability_of_the_prompt(suite):
 
     def p_three(scale: float) -> float:
         req = Txt2ImgRequest(model=SUITE, prompt="three pink stars", seed=21, batch_size=12, steps=20, guidance_scale=1.0,
-                             text_guidance_scale=scale, preview_every=0, save=False)
+                             sampler="DPM++ 2M", text_guidance_scale=scale, preview_every=0, save=False)
         result = [e for e in txt2img(manager, req) if isinstance(e, Result)][0]
         with torch.no_grad():
             logits = judge(ev.images_to_tensor(np.stack([np.asarray(im) for im in result.images])))

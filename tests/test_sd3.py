@@ -23,7 +23,8 @@ PROMPT, NEGATIVE = "a red circle", "blue"
 
 
 def manager_for(models_dir, tmp_path) -> ModelManager:
-    return ModelManager(StudioConfig(models_dir=models_dir, outputs_dir=tmp_path / "outputs", assets_dir=tmp_path / "no-assets"))
+    config = StudioConfig(models_dir=models_dir, outputs_dir=tmp_path / "outputs", assets_dir=tmp_path / "no-assets")
+    return ModelManager(config)
 
 
 @pytest.fixture()

@@ -78,6 +78,22 @@ def drawn(points: np.ndarray | list, jitter: float = DRAWN_JITTER) -> Distributi
     return Distribution(f"drawn ({len(array)} points)", sample)
 
 
+def parse_points(text: str) -> np.ndarray:
+    """Drawn points as text, one 'x, y' pair per line (blank lines skipped), as an (m, 2) array."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.replace(",", " ").split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            rows.append((float(parts[0]), float(parts[1])))
+        except ValueError:
+            raise RequestError(f"Point line {number} should be 'x, y' (two numbers); got {line.strip()!r}.") from None
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 2)
+
+
 def get_distribution(spec: str | np.ndarray | list) -> Distribution:
     """A distribution by registered name, or drawn points given as an (m, 2) array; unknown names list the known ones."""
     if not isinstance(spec, str):

@@ -23,7 +23,7 @@ PairDraw = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 class TrainSettings:
     """One model's budget: Adam on the CFM loss, `steps` batches of `batch` pairs, seeded (model and data)."""
 
-    steps: int = 1500
+    steps: int = 1000
     batch: int = 256
     lr: float = 1e-3
     width: int = 64

@@ -83,7 +83,7 @@ class Prepared:
 
 
 def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: float, sampler: str, steps: int,
-            seed: int, batch: int, size: tuple[int, int]) -> Prepared:
+            seed: int, batch: int, size: tuple[int, int], shift: float = 0.0) -> Prepared:
     """Encode the prompt, build the sampler's timesteps, draw the initial noise (seed -1: a random seed)."""
     pipe = model.pipe
     device = pipe._execution_device
@@ -92,7 +92,7 @@ def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: floa
     seeds = [(seed + k) % (MAX_SEED + 1) for k in range(batch)]
     with torch.no_grad():
         cond = encode_prompt(model, prompt, negative, batch, guidance_scale > 1.0, (height, width))
-        scheduler, space = make_scheduler(sampler, dict(pipe.scheduler.config))
+        scheduler, space = make_scheduler(sampler, dict(pipe.scheduler.config), shift)
         scheduler.set_timesteps(steps, device=device)
         # One CPU generator per image, so that a seed gives the same image on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]

@@ -14,7 +14,7 @@ from studio.jobs.common import check_seed, prepare, stream
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import guidance, previews
 from studio.sampling.loop import Hooks
-from studio.sampling.schedulers import MODEL_DEFAULT, check_sampler, sampler_from_label, sampler_label
+from studio.sampling.schedulers import MAX_SHIFT, MODEL_DEFAULT, check_sampler, sampler_from_label, sampler_label
 
 SIZE_MULTIPLE = 8
 
@@ -39,6 +39,7 @@ class Txt2ImgRequest:
     classifier_scale: float = 0.0  # classifier guidance (models whose judges include a noise-aware classifier)
     classifier_target: str = ""  # what to steer toward, e.g. "red star" or "person"; empty: the prompt's attributes
     text_guidance_scale: float = 0.0  # text guidance: CLIP, or the model's image judge, on the decoded x0-hat
+    shift: float = 0.0  # flow models: timestep shift (0: the model's own, from its scheduler config)
     controls: tuple[ControlInput, ...] = ()  # ControlNets, with their control maps
     save: bool = True
 
@@ -47,6 +48,8 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
     """Refuse what cannot run; round what can (saying so). Returns the request to run and the notices."""
     notices: list[str] = []
     check_sampler(req.sampler)
+    if not 0 <= req.shift <= MAX_SHIFT:
+        raise RequestError(f"Shift must be 0 (the model's own) or above 0 and at most {MAX_SHIFT:g} (got {req.shift}).")
     if not 1 <= req.steps <= limits.max_steps:
         raise RequestError(f"Steps must be between 1 and {limits.max_steps} (got {req.steps}).")
     if not 1 <= req.batch_size <= limits.max_batch:
@@ -168,7 +171,7 @@ def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Ge
         raise RequestError(f"ControlNet works with UNet models (SD 1.x, 2.x, XL and the embedded suite); {model.name} is "
                            "an SD3-class transformer model. Use Generate without ControlNets for it.")
     run = prepare(model, req.prompt, req.negative_prompt, req.guidance_scale, req.sampler, req.steps, req.seed,
-                  req.batch_size, image_size(model, req))
+                  req.batch_size, image_size(model, req), req.shift)
     hooks = guidance_hooks(model, req, run.scheduler, run.space, manager.clip() if req.text_guidance_scale > 0 else None)
     if req.controls:
         units, notes = build_units(manager, model, req.controls, run.size)
@@ -202,6 +205,8 @@ def _extras(req: Txt2ImgRequest, sampler: str) -> dict[str, str]:
     extra = {}
     if req.guidance_rescale > 0:
         extra["CFG rescale"] = f"{req.guidance_rescale:g}"
+    if req.shift:
+        extra["Shift"] = f"{req.shift:g}"
     if req.eta and sampler in ("DDIM",):
         extra["Eta"] = f"{req.eta:g}"
     if (req.cfg_start, req.cfg_end) != (0.0, 1.0):
@@ -230,4 +235,5 @@ def params_to_request(params: metadata.GenerationParams) -> Txt2ImgRequest:
         prompt=params.prompt, negative_prompt=params.negative_prompt, model=params.model or DEFAULT_MODEL,
         sampler=sampler_from_label(params.sampler), steps=params.steps, guidance_scale=params.cfg_scale, guidance_rescale=rescale,
         seed=params.seed, width=params.width, height=params.height, eta=float(params.extra.get("Eta", 0) or 0),
+        shift=float(params.extra.get("Shift", 0) or 0),
     )

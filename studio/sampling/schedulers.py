@@ -81,9 +81,25 @@ def _fitting(base_config: dict) -> str:
     return ", ".join(sampler_names(flow=_is_flow(base_config)))
 
 
-def make_scheduler(name: str, base_config: dict) -> tuple[SchedulerMixin, str]:
+MAX_SHIFT = 20.0
+
+
+def with_shift(base_config: dict, shift: float) -> dict:
+    """A flow model's scheduler config with another timestep shift (sigma' = s sigma / (1 + (s - 1) sigma), SD3's
+    rule); 0 keeps the model's own. A clear error for noise-prediction models and for values out of range."""
+    if not shift:
+        return base_config
+    if not _is_flow(base_config):
+        raise RequestError("Shift applies to flow-matching models only (it moves their timesteps); use 0 for this model.")
+    if not 0 < shift <= MAX_SHIFT:
+        raise RequestError(f"Shift must be above 0 and at most {MAX_SHIFT:g} (got {shift}); 0 keeps the model's own.")
+    return {**base_config, "shift": float(shift)}
+
+
+def make_scheduler(name: str, base_config: dict, shift: float = 0.0) -> tuple[SchedulerMixin, str]:
     """A fresh scheduler of the named kind built on the model's own scheduler config; returns it and its space.
-    MODEL_DEFAULT gives the model's own scheduler."""
+    MODEL_DEFAULT gives the model's own scheduler; `shift` > 0 replaces a flow model's timestep shift."""
+    base_config = with_shift(base_config, shift)
     if name == MODEL_DEFAULT:
         return own_scheduler(base_config)
     sampler = get_sampler(name)

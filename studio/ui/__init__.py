@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.studio import Studio
-from studio.ui import controlnet, generate, inverse, sweep
+from studio.ui import controlnet, flow, generate, inverse, sweep
 from studio.ui.common import CSS
 
 TITLE = "Diffusion Studio"
@@ -23,6 +23,8 @@ def build(studio: Studio) -> gr.Blocks:
                 sweep.build(studio)
             with gr.Tab("Inverse problems", id="inverse"):
                 inverse.build(studio)
+            with gr.Tab("Flow matching", id="flow"):
+                flow.build(studio)
     return demo
 
 

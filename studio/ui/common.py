@@ -146,3 +146,12 @@ def compose_grid(cells: dict[tuple[int, int], Image.Image], row_labels: list[str
             else:
                 sheet.paste(image.convert("RGB").resize((w, h), Image.Resampling.NEAREST), xy)
     return sheet
+
+
+def cell_update(event, shown: dict, labels: dict[str, list[str]], grid, progress) -> dict:
+    """A grid job's Cell as updates: the cell joins the sheet (row labels as the cells name them), and a count."""
+    shown[(event.row, event.col)] = event.image
+    labels["rows"][event.row] = event.row_label
+    total = len(labels["rows"]) * len(labels["cols"])
+    return {grid: compose_grid(shown, labels["rows"], labels["cols"]),
+            progress: status(f"Cell {len(shown)}/{total}: {event.row_label}, {event.col_label}")}

@@ -18,7 +18,7 @@ SAMPLER_CHOICES = [("Model default", MODEL_DEFAULT), *((name, name) for name in 
 # Request fields the form edits, in the order of `GenerationForm.components()`.
 FIELDS = ("model", "prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "guidance_rescale",
           "seed", "width", "height", "batch_size", "preview_every",
-          "cfg_start", "cfg_end", "classifier_scale", "classifier_target", "text_guidance_scale")
+          "cfg_start", "cfg_end", "classifier_scale", "classifier_target", "text_guidance_scale", "shift")
 
 
 def opening_request(studio: Studio) -> Txt2ImgRequest:
@@ -50,12 +50,13 @@ class GenerationForm:
     classifier_scale: gr.Slider
     classifier_target: gr.Textbox
     text_scale: gr.Slider
+    shift: gr.Number
 
     def components(self) -> list:
         """The inputs, in FIELDS order."""
         return [self.model, self.prompt, self.negative, self.sampler, self.steps, self.cfg, self.rescale, self.seed,
                 self.width, self.height, self.batch, self.preview_every, self.cfg_start, self.cfg_end,
-                self.classifier_scale, self.classifier_target, self.text_scale]
+                self.classifier_scale, self.classifier_target, self.text_scale, self.shift]
 
 
 def model_row(studio: Studio, elem_id: str, label: str = "Model", extra=None) -> tuple[gr.Dropdown, gr.Button]:
@@ -85,6 +86,8 @@ def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button
     with gr.Row():
         sampler = gr.Dropdown(SAMPLER_CHOICES, value=start.sampler, label="Sampler", elem_id=f"{prefix}sampler-box")
         steps = gr.Slider(1, limits.max_steps, value=start.steps, step=1, label="Steps", elem_id=f"{prefix}steps-slider")
+        shift = gr.Number(value=start.shift, label="Shift", info="flow models: 0 = the model's own", minimum=0,
+                          elem_id=f"{prefix}shift-box", scale=0, min_width=110)
     with gr.Row():
         cfg = gr.Slider(0, 20, value=start.guidance_scale, step=0.5, label="Guidance scale (CFG)", elem_id=f"{prefix}cfg-slider")
         rescale = gr.Slider(0, 1, value=start.guidance_rescale, step=0.05, label="CFG rescale", info="0 = off; 0.7 is usual")
@@ -109,7 +112,7 @@ def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button
                                info="gradient of a judge of image and prompt on x0-hat: the model's own judge, "
                                     "or CLIP (--clip-model) for other models")
     return GenerationForm(model, refresh, prompt, negative, sampler, steps, cfg, rescale, seed, width, height, batch,
-                          preview_every, cfg_start, cfg_end, classifier_scale, classifier_target, text_scale)
+                          preview_every, cfg_start, cfg_end, classifier_scale, classifier_target, text_scale, shift)
 
 
 def request_from_form(values) -> Txt2ImgRequest:

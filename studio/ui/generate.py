@@ -9,7 +9,7 @@ from studio import metadata
 from studio.config import DEFAULT_MODEL
 from studio.jobs import Txt2ImgRequest, params_to_request, txt2img
 from studio.presets import apply_preset, get_preset
-from studio.sampling.schedulers import SAMPLERS
+from studio.sampling.schedulers import MODEL_DEFAULT, SAMPLERS
 from studio.studio import Studio
 from studio.ui import form as forms
 from studio.ui.common import ACCELERATOR, job_updates, result_panel, status
@@ -80,7 +80,7 @@ def build(studio: Studio) -> None:
         req = params_to_request(params)
         values = asdict(req)
         note = ""
-        if req.sampler not in SAMPLERS:
+        if req.sampler not in SAMPLERS and req.sampler != MODEL_DEFAULT:
             values["sampler"] = "DPM++ 2M"
             note = f" Its sampler {params.sampler!r} is not offered here; using DPM++ 2M."
         return [values[k] for k in forms.FIELDS] + [status(f"Settings loaded (seed {req.seed}).{note}", "ok")]

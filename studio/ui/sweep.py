@@ -7,10 +7,10 @@ from PIL import Image
 
 from studio.events import Cell, Notice, SweepSummary
 from studio.jobs import Txt2ImgRequest
-from studio.sampling.schedulers import SAMPLERS
 from studio.studio import Studio
 from studio.jobs.sweep import AXES, MAX_SIDE, SweepRequest, parse_axis_values, parse_scales, sweep
-from studio.ui.common import ACCELERATOR, compose_grid, guarded, status
+from studio.ui.common import ACCELERATOR, cell_update, guarded, status
+from studio.ui.form import SAMPLER_CHOICES, opening_request
 
 TABLE_HEADERS = ["scale", "adherence", "diversity"]
 AXIS_CHOICES = [(f"{label} ({name})" if name != "seed" else "seeds", name) for name, label in AXES.items()]
@@ -18,7 +18,7 @@ AXIS_CHOICES = [(f"{label} ({name})" if name != "seed" else "seeds", name) for n
 
 def build(studio: Studio) -> None:
     """Lay out the tab inside the current gr.Blocks and wire its events."""
-    start = Txt2ImgRequest()
+    start = opening_request(studio)  # the same opening values as Generate (the default preset)
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(studio.model_choices(), value=studio.default_model(), label="Model", allow_custom_value=True,
@@ -26,7 +26,7 @@ def build(studio: Studio) -> None:
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a big red star on the left", elem_id="sweep-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="sweep-negative")
             with gr.Row():
-                sampler = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler")
+                sampler = gr.Dropdown(SAMPLER_CHOICES, value=start.sampler, label="Sampler")
                 steps = gr.Slider(1, studio.config.limits.max_steps, value=start.steps, step=1, label="Steps", elem_id="sweep-steps")
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random; row r uses seed + r")
@@ -68,11 +68,7 @@ def build(studio: Studio) -> None:
             if isinstance(event, Notice):
                 return {progress: status(event.text)}
             if isinstance(event, Cell):
-                shown[(event.row, event.col)] = event.image
-                labels["rows"][event.row] = event.row_label
-                total = len(labels["rows"]) * len(labels["cols"])
-                return {grid: compose_grid(shown, labels["rows"], labels["cols"]),
-                        progress: status(f"Cell {len(shown)}/{total}: {event.row_label}, {event.col_label}")}
+                return cell_update(event, shown, labels, grid, progress)
             assert isinstance(event, SweepSummary)
             return {table: summary_table(event), plot: summary_plot(event),
                     progress: status(f"Done: {len(shown)} images in {event.seconds:.1f} s, saved to "
