@@ -69,11 +69,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=240)
     p.add_argument("--cfg", type=float, default=evaluate.DEFAULT_CFG)
-    p.add_argument("--write", action="store_true", help="write eval_flow.json into the flow suite's folder")
+    p.add_argument("--models", default="", help="only the runs of these models (comma-separated); default: all")
+    p.add_argument("--write", action="store_true", help="write (or update) eval_flow.json in the flow suite's folder")
     args = p.parse_args(argv)
-    report = run(args.prompts, args.cfg)
+    wanted = {m for m in args.models.split(",") if m}
+    report = run(args.prompts, args.cfg, [r for r in RUNS if not wanted or r[0] in wanted])
     if args.write:
         path = Path(ASSETS_MODELS / FLOW_MODEL / "eval_flow.json")
+        if path.is_file():  # runs measured earlier (same prompts and CFG) stay unless measured again
+            earlier = json.loads(path.read_text())
+            key = lambda r: (r["model"], r["sampler"], r["evaluations"])  # noqa: E731
+            fresh = {key(r) for r in report["runs"]}
+            if (earlier["prompts"], earlier["cfg"]) == (report["prompts"], report["cfg"]):
+                report["runs"] = [r for r in earlier["runs"] if key(r) not in fresh] + report["runs"]
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
         print(f"wrote {path}")
 
