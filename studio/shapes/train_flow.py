@@ -131,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--export-only", action="store_true", help="export the run's EMA weights without training")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = train(args)
+    out = Path(args.out) if args.export_only else train(args)
     if args.export:
         export(out, Path(args.export), Path(args.base), args.shift)
 

@@ -11,7 +11,7 @@ import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 
 from studio.errors import Cancelled, StudioError
-from studio.events import Notice, Result, Step
+from studio.events import Cell, Notice, Result, Step
 
 log = logging.getLogger("studio.ui")
 
@@ -155,3 +155,17 @@ def cell_update(event, shown: dict, labels: dict[str, list[str]], grid, progress
     total = len(labels["rows"]) * len(labels["cols"])
     return {grid: compose_grid(shown, labels["rows"], labels["cols"]),
             progress: status(f"Cell {len(shown)}/{total}: {event.row_label}, {event.col_label}")}
+
+
+def grid_job_updates(events: Iterator[Any], shown: dict, labels: dict[str, list[str]], grid, progress,
+                     on_summary: Callable[[Any], dict]) -> Iterator[dict]:
+    """A grid job's events (Notice, Cell ..., then its summary) as widget updates; failures as messages."""
+
+    def on_event(event) -> dict:
+        if isinstance(event, Notice):
+            return {progress: status(event.text)}
+        if isinstance(event, Cell):
+            return cell_update(event, shown, labels, grid, progress)
+        return on_summary(event)
+
+    yield from guarded(events, on_event, lambda text, kind: {progress: status(text, kind)})

@@ -8,7 +8,7 @@ import pandas as pd
 from PIL import Image
 
 from studio.errors import RequestError
-from studio.events import Cell, Notice, Result, Step, SweepSummary
+from studio.events import Notice, Result, Step, SweepSummary
 from studio.flow.distributions import DISTRIBUTIONS, MIN_DRAWN_POINTS, SOURCES, TARGETS, parse_points
 from studio.flow.pairings import DEFAULT_SINKHORN_REG, PAIRINGS
 from studio.flow.plots import side_by_side
@@ -16,7 +16,7 @@ from studio.jobs.flow_compare import EVALUATIONS, CompareRequest, Contender, com
 from studio.jobs.flow2d import DRAWN, TRAJECTORIES, Flow2DRequest, flow2d, parse_steps, summary
 from studio.sampling.schedulers import SAMPLERS
 from studio.studio import Studio
-from studio.ui.common import ACCELERATOR, cell_update, guarded, status
+from studio.ui.common import ACCELERATOR, grid_job_updates, guarded, status
 
 SKETCH_CANVAS = 256
 EXTENT = 4.0  # the sketch canvas spans [-EXTENT, EXTENT]^2, the scale of the moons and the checkerboard
@@ -219,16 +219,11 @@ def build_comparison(studio: Studio) -> None:
             labels["rows"] = [f"{c.model} ({c.sampler})" for c in contenders]
             yield from compare(studio.manager, req)
 
-        def on_event(event) -> dict:
-            if isinstance(event, Notice):
-                return {progress: status(event.text)}
-            if isinstance(event, Cell):
-                return cell_update(event, shown, labels, grid, progress)
-            assert isinstance(event, SweepSummary)
+        def on_summary(event: SweepSummary) -> dict:
             return {table: compare_table(event), plot: compare_plot(event),
                     progress: status(f"Done: {len(shown)} cells in {event.seconds:.1f} s", "ok")}
 
-        yield from guarded(events(), on_event, lambda msg, kind: {progress: status(msg, kind)})
+        yield from grid_job_updates(events(), shown, labels, grid, progress, on_summary)
 
     run_btn.click(run, [prompt, *pickers, evaluations, seed, judge_seeds, cfg], [grid, progress, table, plot],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="flow_compare")

@@ -5,11 +5,11 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from studio.events import Cell, Notice, SweepSummary
+from studio.events import SweepSummary
 from studio.jobs import Txt2ImgRequest
 from studio.studio import Studio
 from studio.jobs.sweep import AXES, MAX_SIDE, SweepRequest, parse_axis_values, parse_scales, sweep
-from studio.ui.common import ACCELERATOR, cell_update, guarded, status
+from studio.ui.common import ACCELERATOR, grid_job_updates, status
 from studio.ui.form import SAMPLER_CHOICES, opening_request
 
 TABLE_HEADERS = ["scale", "adherence", "diversity"]
@@ -64,21 +64,13 @@ def build(studio: Studio) -> None:
             labels["rows"] = [""] * n_rows
             yield from sweep(studio.manager, req)
 
-        def on_event(event) -> dict:
-            if isinstance(event, Notice):
-                return {progress: status(event.text)}
-            if isinstance(event, Cell):
-                return cell_update(event, shown, labels, grid, progress)
-            assert isinstance(event, SweepSummary)
+        def on_summary(event: SweepSummary) -> dict:
             return {table: summary_table(event), plot: summary_plot(event),
                     progress: status(f"Done: {len(shown)} images in {event.seconds:.1f} s, saved to "
                                      f"{studio.config.outputs_dir}", "ok")}
 
-        def on_error(text: str, kind: str) -> dict:
-            return {progress: status(text, kind)}
-
         yield {grid: None, table: pd.DataFrame(columns=TABLE_HEADERS), progress: status("Starting…")}
-        yield from guarded(events(), on_event, on_error)
+        yield from grid_job_updates(events(), shown, labels, grid, progress, on_summary)
 
     run_btn.click(run, [model, prompt, negative, sampler, steps, seed, rows, scales, axis, values], [grid, progress, table, plot],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="sweep")
