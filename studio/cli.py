@@ -12,6 +12,7 @@ from PIL import Image
 
 from studio import sources
 from studio.config import PRESETS_DIR, StudioConfig, add_model_flags, config_from_args
+from studio.control.annotators import pose_to_json
 from studio.control.maps import ANNOTATORS, MapSource
 from studio.control.pose import POSE_PRESETS, preset_pose
 from studio.errors import ModelError, RequestError, StudioError
@@ -183,8 +184,6 @@ def unit_from_flags(net: str, annotator: str, given: str, scale: float) -> Contr
         if path.is_file():
             text = path.read_text()
         elif given in POSE_PRESETS:
-            from studio.control.annotators import pose_to_json
-
             text = pose_to_json(preset_pose(given), (64, 64))
         else:
             raise RequestError(f"--unit {net} pose {given}: give an OpenPose JSON file or a preset ({', '.join(POSE_PRESETS)}).")

@@ -16,7 +16,6 @@ from studio.jobs.common import MAX_SEED, check_seed, prepare, stream
 from studio.jobs.txt2img import Txt2ImgRequest, txt2img, validate
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling.loop import Hooks, LoopState
-from studio.sampling.schedulers import get_sampler
 
 EVALUATIONS = (1, 2, 4, 8, 16, 32)
 MAX_EVALUATIONS = 64
@@ -66,7 +65,6 @@ def compare(manager: ModelManager, req: CompareRequest) -> Iterator[Notice | Cel
                              save=req.save) for n in req.evaluations] for c in req.contenders]
     for row in cells:
         for cell in row:
-            get_sampler(cell.sampler)
             validate(cell, manager.config.limits)
     # 2. The grid: each cell a txt2img job (the same seeds everywhere), judged as it finishes.
     summary, t0 = [], time.perf_counter()
