@@ -1,5 +1,5 @@
-"""Command line: `python -m studio generate|control|inverse|sweep|flow|presets|models`: the web app's jobs without a browser,
-one subcommand per job, writing the same PNGs with settings."""
+"""Command line: `python -m studio generate|control|inverse|sweep|flow|train|presets|models`: the web app's jobs without
+a browser, one subcommand per job, writing the same PNGs with settings."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from studio import sources
+from studio import cli_train, sources
 from studio.config import PRESETS_DIR, StudioConfig, add_model_flags, config_from_args
 from studio.control.annotators import pose_to_json
 from studio.control.maps import ANNOTATORS, MapSource
@@ -49,12 +49,17 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None, help="0: the model's native size")
     p.add_argument("--batch", type=int, default=None, help="images per run")
     p.add_argument("--presets-dir", type=Path, default=PRESETS_DIR, help="folder of preset YAML files")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR_OR_NAME:WEIGHT",
+                   help="a LoRA (a name in models/lora, a folder or a file) and its weight (default 1); repeatable")
+    p.add_argument("--embedding", action="append", default=[], metavar="DIR_OR_NAME",
+                   help="a textual-inversion embedding (a name in models/embeddings, a folder or a file); repeatable")
     add_model_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="Diffusion studio from the command line.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,control,inverse,sweep,flow,presets,models}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{generate,control,inverse,sweep,flow,train,presets,models}")
 
     gen = sub.add_parser("generate", help="text to image; saves PNGs with their settings")
     _generation_flags(gen)
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--json", action="store_true", help="print the per-column metrics as JSON")
 
     _flow_parser(sub)
+    cli_train.add_parser(sub)
 
     pre = sub.add_parser("presets", help="list the presets (name and description)")
     pre.add_argument("--presets-dir", type=Path, default=PRESETS_DIR, help="folder of preset YAML files")
@@ -114,6 +120,7 @@ def _config(args: argparse.Namespace):
         config = config_from_args(args)
     except ValueError as e:  # e.g. an unknown --dtype
         raise StudioError(str(e)) from e
+    config.allow_any_path = True  # a local tool: its user may already read any path the process can
     if getattr(args, "out", None) is not None:
         config.outputs_dir = args.out
     if getattr(args, "presets_dir", None) is not None:
@@ -130,7 +137,18 @@ def build_request(args: argparse.Namespace, presets_dir: Path) -> Txt2ImgRequest
         value = getattr(args, dest)
         if value is not None:
             setattr(req, field_name, value)
+    req.loras = tuple(parse_lora_flag(given) for given in args.lora)
+    req.embeddings = tuple(args.embedding)
     return req
+
+
+def parse_lora_flag(given: str) -> tuple[str, float]:
+    """`--lora NAME_OR_PATH[:WEIGHT]` -> (name or path, weight)."""
+    spec, _, weight = given.rpartition(":")
+    try:
+        return (spec, float(weight)) if spec else (given, 1.0)
+    except ValueError:
+        return given, 1.0
 
 
 def _run(config, events, model_spec: str) -> list:
@@ -267,7 +285,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     pairings = tuple(name.strip() for given in (args.pairing or ["random,ot"]) for name in given.split(",") if name.strip())
     req = Flow2DRequest(args.source, args.target, points, pairings, parse_steps(args.eval_steps), args.steps, args.batch,
                         args.seed, args.sinkhorn_reg, args.reflow)
-    result = _run(StudioConfig(), lambda manager: flow2d(manager, req), "")[-1]
+    result = _run(StudioConfig(allow_any_path=True), lambda manager: flow2d(manager, req), "")[-1]
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.named["trajectories"].save(args.out)
@@ -303,7 +321,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "control": cmd_control, "inverse": cmd_inverse, "sweep": cmd_sweep, "flow": cmd_flow,
-            "presets": cmd_presets, "models": cmd_models}
+            "train": lambda args: cli_train.cmd_train(args, _config(args)), "presets": cmd_presets, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

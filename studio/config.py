@@ -26,6 +26,10 @@ class Limits:
     max_side: int = 2048
     max_batch: int = 16
     max_guidance: float = 50.0
+    # A job whose measured cost would pass this many seconds is refused (before it starts when its speed is known,
+    # else within its first step); 0: no limit.
+    max_job_seconds: float = 1800.0
+    max_image_pixels: int = 40_000_000  # Pillow refuses larger images before decoding them (decompression bombs)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class StudioConfig:
     online: bool = False
     memory_budget_gb: float | None = None  # None: 80% of the GPU, or 8 GiB on the CPU
     clip_model: Path | None = None  # a local CLIP folder (transformers CLIPModel) for text guidance of real models
+    allow_any_path: bool = False  # False: model paths only inside models_dir and assets/ (the CLI sets True: a local tool)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -85,6 +90,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online", action="store_true", help="allow downloading hub ids (off by default)")
     p.add_argument("--clip-model", type=Path, default=None, help="local CLIP folder (e.g. openai/clip-vit-base-patch32) for text guidance")
     p.add_argument("--memory-budget-gb", type=float, default=None, help="memory for loaded models before the least recently used is freed")
+    p.add_argument("--allow-any-path", action="store_true",
+                   help="web app: load models from any path on the server, not only --models-dir and assets/ "
+                        "(the command line always may)")
+    p.add_argument("--max-job-minutes", type=float, default=Limits.max_job_seconds / 60,
+                   help="refuse a job whose measured cost would pass this (before it starts when its speed is known, "
+                        "else in its first step); 0: no limit")
 
 
 def config_from_args(args: argparse.Namespace) -> StudioConfig:
@@ -99,4 +110,6 @@ def config_from_args(args: argparse.Namespace) -> StudioConfig:
         online=args.online or hub_online(),
         memory_budget_gb=args.memory_budget_gb,
         clip_model=args.clip_model,
+        allow_any_path=getattr(args, "allow_any_path", False),
+        limits=Limits(max_job_seconds=60 * getattr(args, "max_job_minutes", Limits.max_job_seconds / 60)),
     )

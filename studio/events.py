@@ -1,5 +1,6 @@
 """The records jobs yield: Step while running, Result at the end, Notice for the user; Maps, Cell and SweepSummary
-for the jobs that have them. Each names what it carries: no positional image lists, no arrays among the metrics."""
+for the jobs that have them; TrainStep and Samples for training jobs. Each names what it carries: no positional
+image lists, no arrays among the metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,13 +14,15 @@ from PIL import Image
 class Step:
     """One denoising step done: `i` of `n` (1-based), with an optional preview of the current x0-hat.
 
-    `phase` names the run a step belongs to when a job has several (the inverse job: "dps", then "baseline")."""
+    `phase` names the run a step belongs to when a job has several (the inverse job: "dps", then "baseline");
+    `seeds` the seeds of the images being made (known from the first step, so a stopped run still says them)."""
 
     i: int
     n: int
     preview: list[Image.Image] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     phase: str = ""
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass
@@ -72,3 +75,27 @@ class SweepSummary:
 
     columns: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step of a training job: `step` of `total`, the loss of that step, the learning rate, speed and
+    time left; `checkpoint` is the file written at this step, if one was."""
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    it_per_s: float = 0.0
+    eta_s: float = 0.0
+    checkpoint: Path | None = None
+
+
+@dataclass
+class Samples:
+    """Images a training job sampled at `step` from its fixed prompts and seeds (one per prompt and seed, in order)."""
+
+    step: int
+    images: list[Image.Image]
+    prompts: list[str]
+    seeds: list[int]

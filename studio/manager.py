@@ -5,8 +5,9 @@ import gc
 import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,7 +18,7 @@ from diffusers import DiffusionPipeline, SD3Transformer2DModel, StableDiffusionP
 
 from studio import sources
 from studio.config import StudioConfig
-from studio.errors import ModelError, StudioError
+from studio.errors import Cancelled, ModelError, StudioError
 from studio.judges import Judges
 from studio.judges import load as load_judges
 from studio.sampling.previews import LATENT_RGB_FACTORS, LATENT_RGB_FILE, latent_family
@@ -147,6 +148,8 @@ class ModelManager:
         # Held for a whole job. A plain Lock, not an RLock: Gradio may resume a generator on another thread.
         self._accelerator = threading.Lock()
         self._stop = threading.Event()
+        self._owner: str | None = None  # who started the running job (a page session); None: the CLI or a test
+        self.speeds: dict[tuple, float] = {}  # seconds per model call, by (model, size, rows): cost estimates
         self._controlnets: OrderedDict[str, object] = OrderedDict()
 
     # ------------------------------------------------------------ budget
@@ -340,8 +343,49 @@ class ModelManager:
             finally:
                 self.park_controlnets()
 
-    def request_stop(self) -> None:
+    def busy(self) -> bool:
+        """Whether a job holds the accelerator."""
+        return self._accelerator.locked()
+
+    def claim(self, owner: str | None) -> None:
+        """Name the owner of the job about to run (the page's jobs run one at a time, so it is the running one)."""
+        self._owner = owner
+
+    def request_stop(self, owner: str | None = None) -> bool:
+        """Stop the running job if `owner` started it (None: whoever did). False when it is not theirs to stop or
+        nothing runs: one user's Stop never ends another user's job."""
+        if not self.busy() or (owner is not None and self._owner is not None and owner != self._owner):
+            return False
         self._stop.set()
+        return True
 
     def should_stop(self) -> bool:
         return self._stop.is_set()
+
+    @contextmanager
+    def interruptible(self, module: torch.nn.Module, call_limit: float | None = None,
+                      over_limit: Callable[[], Exception] | None = None) -> Iterator[None]:
+        """Let Stop end a job inside a model call too: a check before each block of `module` (the entries of its
+        ModuleLists: a UNet's down/up blocks, resnets and attentions; a transformer's blocks), which raises Cancelled.
+        A few dozen checks per call, so a step of a large image ends within one block's time.
+
+        `call_limit`: a call that runs longer than this many seconds is cut the same way, raising `over_limit()`."""
+        started = [time.monotonic()]
+
+        def start(_module, _args):
+            started[0] = time.monotonic()
+
+        def check(_module, _args):
+            if self._stop.is_set():
+                raise Cancelled("Stopped during a step.")
+            if call_limit is not None and time.monotonic() - started[0] > call_limit:
+                raise over_limit() if over_limit else Cancelled("Stopped: a model call passed its time limit.")
+
+        handles = [module.register_forward_pre_hook(start)]
+        handles += [block.register_forward_pre_hook(check) for m in module.modules() if isinstance(m, torch.nn.ModuleList)
+                    for block in m]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -1,9 +1,12 @@
 """Where weights come from: one resolver for pipelines and ControlNets alike. A spec is a name in the embedded
 assets or the models folder, a local folder, a single-file checkpoint (pipelines only), or a hub id (only when
-online). Safetensors first; pickle checkpoints only when allowed."""
+online). Safetensors first; pickle checkpoints only when allowed. Paths stay inside the models folder and assets/
+unless config.allow_any_path (the page is served to others: no probing or listing of the server's other folders), and
+messages show them relative to those folders."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,11 +14,40 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from studio.config import StudioConfig
+from studio.config import ROOT, StudioConfig
 from studio.errors import ModelError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ASSETS = ROOT / "assets"
+
+
+def allowed_roots(config: StudioConfig) -> list[Path]:
+    """The folders models may come from unless allow_any_path: assets/ (and the configured embedded folders), the
+    models folder."""
+    return [ASSETS, Path(config.assets_dir), Path(config.controlnets_dir), Path(config.models_dir)]
+
+
+def root_of(path: Path, config: StudioConfig) -> tuple[Path, Path] | None:
+    """(allowed folder, path relative to it) if the path lies inside one, else None. No `..` anywhere; links inside
+    an allowed folder (put there by whoever runs the studio) are followed, as for names."""
+    if ".." in path.parts:
+        return None
+    lexical, real = Path(os.path.abspath(path)), path.resolve()
+    for root in allowed_roots(config):
+        for inside, base in ((lexical, Path(os.path.abspath(root))), (real, root.resolve())):
+            if inside == base or base in inside.parents:
+                return base, inside.relative_to(base)
+    return None
+
+
+def shown(path: Path, config: StudioConfig) -> str:
+    """A path as messages show it: relative to its allowed folder (`models/sd15`, `assets/models/shapes-v1`)."""
+    found = root_of(path, config)
+    if found is None:
+        return str(path)  # only reachable with allow_any_path: the path the user typed
+    base, rel = found
+    return base.name if rel == Path(".") else f"{base.name}/{rel}"
 
 
 @dataclass(frozen=True)
@@ -30,7 +62,7 @@ class ModelSource:
         return Path(self.location).stem if self.kind != "hub" else self.location
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path, name: str | None = None) -> None:
     """Refuse a truncated or corrupt safetensors file before any loader sees it."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -45,25 +77,28 @@ def check_safetensors(path: Path) -> None:
         if 8 + header_len + end > size:
             raise ValueError(f"file is {size} bytes but its header needs {8 + header_len + end}")
     except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
-        raise ModelError(f"{path} is not a readable safetensors file (truncated or corrupt download?): {e}") from e
+        raise ModelError(f"{name or path.name} is not a readable safetensors file (truncated or corrupt download?): {e}") from e
 
 
-def check_folder(path: Path, allow_pickle: bool) -> None:
+def check_folder(path: Path, config: StudioConfig) -> None:
     """A diffusers pipeline folder: model_index.json plus readable weights for each component."""
+    where = shown(path, config)
     if not (path / "model_index.json").is_file():
-        found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
+        # List what is there only inside the allowed folders: never a listing of any other folder of the server.
+        found = (" (found: " + (", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing") + ")"
+                 if root_of(path, config) else "")
         raise ModelError(
-            f"{path} is not a diffusers model folder: it has no model_index.json (found: {found}). "
+            f"{where} is not a diffusers model folder: it has no model_index.json{found}. "
             "Point at a folder saved by diffusers' save_pretrained, or at a single .safetensors checkpoint."
         )
     for weights in path.glob("*/*.safetensors"):
-        check_safetensors(weights)
+        check_safetensors(weights, f"{where}/{weights.relative_to(path)}")
     pickles = [p for p in path.glob("*/*") if p.suffix in PICKLE_SUFFIXES]
     has_safetensors = {p.parent for p in path.glob("*/*.safetensors")}
     unsafe = [p for p in pickles if p.parent not in has_safetensors]
-    if unsafe and not allow_pickle:
+    if unsafe and not config.allow_pickle:
         raise ModelError(
-            f"{path} has pickle weights with no safetensors beside them ({', '.join(str(p.relative_to(path)) for p in unsafe[:4])}). "
+            f"{where} has pickle weights with no safetensors beside them ({', '.join(str(p.relative_to(path)) for p in unsafe[:4])}). "
             "Pickle files can run code when loaded; convert them to safetensors, or start the studio with --allow-pickle if you trust them."
         )
 
@@ -78,19 +113,20 @@ def is_controlnet_folder(path: Path) -> bool:
         return False
 
 
-def check_controlnet_folder(path: Path, allow_pickle: bool) -> None:
+def check_controlnet_folder(path: Path, config: StudioConfig) -> None:
     """A diffusers ControlNetModel folder: config.json naming a ControlNet, and readable weights."""
+    where = shown(path, config)
     if not is_controlnet_folder(path):
         raise ModelError(f"{path.name!r} is a folder but not a ControlNet (its config.json should name ControlNetModel).")
     weights = sorted(path.glob("*.safetensors"))
     for f in weights:
-        check_safetensors(f)
+        check_safetensors(f, f"{where}/{f.name}")
     if not weights:
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if not pickles:
-            raise ModelError(f"ControlNet folder {path} has no weights (.safetensors).")
-        if not allow_pickle:
-            raise ModelError(f"ControlNet folder {path} has only pickle weights ({', '.join(pickles)}), which can run code "
+            raise ModelError(f"ControlNet folder {where} has no weights (.safetensors).")
+        if not config.allow_pickle:
+            raise ModelError(f"ControlNet folder {where} has only pickle weights ({', '.join(pickles)}), which can run code "
                              "when loaded. Convert them to safetensors, or start the studio with --allow-pickle if you trust them.")
 
 
@@ -101,7 +137,7 @@ class Catalog:
     what: str  # "model", "ControlNet": for messages
     bases: Callable[[StudioConfig], list[tuple[Path, bool]]]  # (folder, embedded), searched in order for plain names
     is_folder: Callable[[Path], bool]
-    check: Callable[[Path, bool], None]
+    check: Callable[[Path, StudioConfig], None]
     single_files: bool  # whether a .safetensors checkpoint is one of these
     download_to: str  # where a downloaded hub id goes, relative to the studio folder
 
@@ -126,18 +162,24 @@ def resolve(spec: str, config: StudioConfig, catalog: Catalog = MODELS) -> Model
     for base, embedded in catalog.bases(config) if is_name else ():
         candidate = base / spec
         if candidate.is_dir():
-            catalog.check(candidate, config.allow_pickle)
+            catalog.check(candidate, config)
             return ModelSource(spec, "folder", str(candidate), embedded)
         if candidate.is_file() and catalog.single_files:
             return _file_source(spec, candidate, config, embedded)
-    # 2. A path on disk.
+    # 2. A path on disk: inside the allowed folders only (unless allow_any_path). Outside them it is never looked
+    # at, so the answer is the same whether it exists or not: nothing to learn about the server's other folders.
     path = as_path.expanduser()
-    if path.is_dir():
-        catalog.check(path, config.allow_pickle)
+    reachable = config.allow_any_path or root_of(path, config) is not None
+    if reachable and path.is_dir():
+        catalog.check(path, config)
         return ModelSource(spec, "folder", str(path.resolve()))
-    if path.is_file() and catalog.single_files:
+    if reachable and path.is_file() and catalog.single_files:
         return _file_source(spec, path, config)
     looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or as_path.suffix in (".safetensors",) + PICKLE_SUFFIXES
+    if looks_like_path and not reachable:
+        raise ModelError(f"{what[0].upper() + what[1:]} {spec!r} is outside the models folder and assets/, and the studio "
+                         f"loads {what}s only from those. Put it in the models folder (then pick it from the list), or "
+                         "start the studio with --allow-any-path.")
     if looks_like_path or not HUB_ID.match(spec):
         raise ModelError(f"{what[0].upper() + what[1:]} {spec!r} not found: no such folder or file, and it is not one of "
                          f"the listed {what}s.")
@@ -161,7 +203,7 @@ def _file_source(spec: str, path: Path, config: StudioConfig, embedded: bool = F
                 "or start the studio with --allow-pickle if you trust it."
             )
     else:
-        raise ModelError(f"{path} is not a model file: expected a diffusers folder or a .safetensors checkpoint.")
+        raise ModelError(f"{shown(path, config)} is not a model file: expected a diffusers folder or a .safetensors checkpoint.")
     return ModelSource(spec, "single_file", str(path.resolve()), embedded)
 
 

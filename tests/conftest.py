@@ -114,7 +114,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def config(tmp_path, tiny_model_dir) -> StudioConfig:
-    return StudioConfig(models_dir=tiny_model_dir.parent, outputs_dir=tmp_path / "outputs", assets_dir=tmp_path / "no-assets")
+    """Loads from any path (tests make models in temp folders); tests/test_security.py checks the confined default."""
+    return StudioConfig(models_dir=tiny_model_dir.parent, outputs_dir=tmp_path / "outputs", assets_dir=tmp_path / "no-assets",
+                        allow_any_path=True)
 
 
 @pytest.fixture()

@@ -79,7 +79,7 @@ def test_generate_streams_previews_then_shows_result(app_url, page):
     url, outputs = app_url
     page.goto(url)
     page.fill("#prompt-box textarea", "a big red star in the centre")
-    steps = page.locator("#steps-slider input[type=number]")
+    steps = page.locator("#steps-box input[type=number]")
     steps.fill("40")
     steps.press("Tab")
     page.evaluate(WATCH_LIVE_IMAGE)
@@ -101,7 +101,7 @@ def test_bad_model_path_is_a_message_and_the_app_keeps_serving(app_url, page):
     model_box.fill("/nonexistent/model-folder")
     model_box.press("Enter")
     page.click("#generate-btn")
-    page.get_by_text("not found").wait_for(timeout=30_000)
+    page.locator("#status-line .status-error").get_by_text("outside the models folder").wait_for(timeout=30_000)
     # The same page still generates afterwards.
     model_box.fill("shapes-v1")
     model_box.press("Enter")
@@ -126,4 +126,4 @@ def test_load_settings_from_a_saved_png_fills_the_form(app_url, page, tmp_path):
     assert page.input_value("#prompt-box textarea") == "three small pink stars"
     assert page.input_value("#negative-box textarea") == "blurry"
     assert page.input_value("#seed-box input") == "4242"
-    assert page.input_value("#steps-slider input[type=number]") == "17"
+    assert page.input_value("#steps-box input[type=number]") == "17"

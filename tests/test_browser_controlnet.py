@@ -17,8 +17,7 @@ def _open(page, url):
 
 def _draw_star(page):
     page.locator("#cn0-sketch").scroll_into_view_if_needed()
-    page.locator("#cn0-sketch button[aria-label='Brush']").click()  # the sketchpad draws once its brush is picked
-    page.keyboard.press("Escape")  # close the brush options
+    # No tool picked first: the sketchpad draws at once, as people expect (it has a white ground).
     canvas = page.locator("#cn0-sketch canvas").last
     box = canvas.bounding_box()
     side = min(box["width"], box["height"])  # the square drawing area sits in the middle of the editor

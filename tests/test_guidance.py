@@ -115,5 +115,5 @@ def test_emptied_boxes_mean_defaults_in_the_generate_tab():
     from studio.ui.form import FIELDS, request_from_form
 
     values = {"model": "tiny-sd", "prompt": "x", "seed": None, "width": None, "height": None, "steps": 3.0}
-    req = request_from_form([values.get(k, getattr(Txt2ImgRequest(), k)) for k in FIELDS])
+    req = request_from_form({k: values.get(k, getattr(Txt2ImgRequest(), k)) for k in FIELDS})
     assert (req.seed, req.width, req.height, req.steps) == (-1, 0, 0, 3) and isinstance(req.steps, int)

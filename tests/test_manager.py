@@ -104,16 +104,26 @@ def test_unloadable_folder_gives_model_error(work_config):
 
 # ------------------------------------------------------------------ session and Stop
 def test_stop_flag_does_not_carry_over(manager):
-    manager.request_stop()
-    assert manager.should_stop()
+    assert not manager.request_stop() and not manager.should_stop()  # nothing runs: nothing to stop
     with manager.session():
         assert not manager.should_stop()
-        manager.request_stop()
+        assert manager.request_stop()
         assert manager.should_stop()
     # A Stop pressed as a job ends still counts (a sweep checks it between cells) until the next job starts.
     assert manager.should_stop()
     with manager.session():
         assert not manager.should_stop()
+
+
+def test_stop_belongs_to_the_session_that_started_the_job(manager):
+    """One user's Stop never ends another user's run (the page claims each job for its session)."""
+    manager.claim("alice")
+    with manager.session():
+        assert not manager.request_stop("bob") and not manager.should_stop()
+        assert manager.request_stop("alice") and manager.should_stop()
+    manager.claim(None)  # a job from the CLI or a test: any Stop ends it
+    with manager.session():
+        assert manager.request_stop("bob")
 
 
 def test_session_is_exclusive(manager):
@@ -258,6 +268,7 @@ def test_single_file_sidecar_with_path_relative_to_checkpoint(tmp_path, work_con
     moved = single_file.rename(elsewhere / single_file.name)
     shutil.copytree(work_config.models_dir / "tiny-sd", elsewhere / "base-configs")
     moved.with_suffix(".config").write_text("base-configs")
+    work_config.allow_any_path = True  # "elsewhere" is outside the models folder
     assert isinstance(ModelManager(work_config).get(str(moved)).pipe, StableDiffusionPipeline)
 
 

@@ -54,19 +54,20 @@ def test_unlisted_name(config):
     _raises("not-a-model", config, "not-a-model", "not found", "listed models")
 
 
-def test_folder_without_model_index_lists_contents(tmp_path, config):
-    folder = tmp_path / "stuff"
+def test_folder_without_model_index_lists_contents(work_config):
+    """Inside the models folder the message lists what is there (outside it never does: tests/test_security.py)."""
+    folder = work_config.models_dir / "stuff"
     folder.mkdir()
     (folder / "readme.md").write_text("hi")
     (folder / "weights.safetensors").write_bytes(b"")
-    msg = _raises(str(folder), config, "no model_index.json", "save_pretrained", ".safetensors")
+    msg = _raises(str(folder), work_config, "no model_index.json", "save_pretrained", ".safetensors")
     assert "readme.md" in msg and "weights.safetensors" in msg
 
 
-def test_empty_folder_says_found_nothing(tmp_path, config):
-    folder = tmp_path / "empty"
+def test_empty_folder_says_found_nothing(work_config):
+    folder = work_config.models_dir / "empty"
     folder.mkdir()
-    _raises(str(folder), config, "no model_index.json", "found: nothing")
+    _raises(str(folder), work_config, "no model_index.json", "found: nothing")
 
 
 def test_truncated_safetensors_in_folder(tmp_path, config, tiny_model_dir):
@@ -182,18 +183,20 @@ def test_embedded_wins_over_models_dir(work_config, tiny_model_dir):
 
 
 def test_resolve_by_absolute_path(work_config, tiny_model_dir):
+    work_config.allow_any_path = True  # tiny-sd lies outside this config's folders
     src = sources.resolve(str(tiny_model_dir), work_config)
     assert src.kind == "folder" and Path(src.location) == tiny_model_dir.resolve()
     assert not src.embedded  # an absolute path is never mistaken for a name in the embedded suite
 
 
 def test_absolute_path_is_not_embedded_even_with_default_assets(tiny_model_dir, tmp_path):
-    cfg = StudioConfig(models_dir=tmp_path / "m", outputs_dir=tmp_path / "o")  # real assets dir
+    cfg = StudioConfig(models_dir=tmp_path / "m", outputs_dir=tmp_path / "o", allow_any_path=True)  # real assets dir
     src = sources.resolve(str(tiny_model_dir), cfg)
     assert not src.embedded and src.location == str(tiny_model_dir.resolve())
 
 
 def test_resolve_by_absolute_path_with_spaces(work_config):
+    work_config.allow_any_path = True
     _raises("  /nonexistent/x  ", work_config, "not found")
 
 

@@ -82,10 +82,12 @@ def _ready(source: MapSource, size: tuple[int, int]) -> np.ndarray:
 
 
 def _blank(drawing) -> bool:
+    """Nothing drawn: one flat colour once transparent parts are laid on white (the sketchpad's own white ground)."""
     arr = np.asarray(drawing)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        return not (arr[..., 3] > 0).any()
-    return arr.size == 0 or arr.min() == arr.max()
+    if arr.size == 0 or arr.dtype == object or arr.ndim not in (2, 3):
+        return arr.size == 0
+    flat = annotators.as_rgb(arr) if arr.ndim == 3 and min(arr.shape[:2]) >= 8 else arr
+    return flat.min() == flat.max()
 
 
 # ---------------------------------------------------------------- poses as OpenPose JSON

@@ -12,6 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from studio.errors import RequestError
+from studio.jobs.cost import Budget
 from studio.events import Step
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import previews
@@ -131,23 +132,38 @@ def stream(manager: ModelManager, model: LoadedModel, run: Prepared, guidance_sc
     make_preview = preview or (lambda state: default_preview(model, state.x0_hat))
     # Second-order samplers (Heun) evaluate the model twice per step: report sampler steps, as users count them.
     order = getattr(scheduler, "order", 1)
+    budget = job_budget(manager, model, run, guidance_scale, bool(hooks and hooks.needs_grad))
+    budget.check_known(manager.speeds)
     latents, t0 = run.latents, time.perf_counter()
-    for state in denoise(
-        model_fn(model), scheduler, run.space, latents, run.cond, guidance_scale,
-        guidance_rescale=guidance_rescale, cfg_interval=cfg_interval,
-        extra_step_kwargs=step_kwargs(scheduler, run.generators, eta), hooks=hooks,
-        want_x0=lambda i: every > 0 and i % every == 0 and i < len(scheduler.timesteps) - run.begin,
-        should_stop=manager.should_stop, begin=run.begin,
-    ):
-        latents = state.next_latents
-        shown = every > 0 and state.i % every == 0 and state.i < state.n and state.x0_hat is not None
-        with torch.no_grad():
-            image = make_preview(state) if shown else None
-        elapsed = time.perf_counter() - t0
-        total = -(-state.n // order)
-        yield Step(-(-state.i * total // state.n), total, image,
-                   {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics}, phase)
+    # Stop (and the job's time limit) is checked between steps by the loop, and inside a call before each block.
+    with manager.interruptible(model.denoiser, budget.per_call, budget.call_cut):
+        for state in denoise(
+            model_fn(model), scheduler, run.space, latents, run.cond, guidance_scale,
+            guidance_rescale=guidance_rescale, cfg_interval=cfg_interval,
+            extra_step_kwargs=step_kwargs(scheduler, run.generators, eta), hooks=hooks,
+            want_x0=lambda i: every > 0 and i % every == 0 and i < len(scheduler.timesteps) - run.begin,
+            should_stop=manager.should_stop, begin=run.begin,
+        ):
+            latents = state.next_latents
+            budget.check_step(manager.speeds, time.perf_counter() - t0, state.i)
+            shown = every > 0 and state.i % every == 0 and state.i < state.n and state.x0_hat is not None
+            with torch.no_grad():
+                image = make_preview(state) if shown else None
+            elapsed = time.perf_counter() - t0
+            total = -(-state.n // order)
+            yield Step(-(-state.i * total // state.n), total, image,
+                       {"it_per_s": state.i / max(elapsed, 1e-9), "elapsed_s": elapsed, **state.metrics}, phase,
+                       tuple(run.seeds))
     return latents
+
+
+def job_budget(manager: ModelManager, model: LoadedModel, run: Prepared, guidance_scale: float, grad: bool) -> Budget:
+    """The run's model calls against the device's per-job limit (CFG doubles the rows of each call; gradients, as
+    guidance and DPS take, make a step dearer: measured apart)."""
+    rows = run.latents.shape[0] * (2 if guidance_scale > 1.0 and run.cond.negative is not None else 1)
+    calls = len(run.scheduler.timesteps) - run.begin
+    key = (model.source.location, run.size, rows, grad, manager.config.device)
+    return Budget(key, calls, run.size, manager.config.limits.max_job_seconds, manager.config.device)
 
 
 def default_preview(model: LoadedModel, x0_hat: torch.Tensor) -> list[Image.Image]:

@@ -16,7 +16,7 @@ from studio.errors import RequestError
 from studio.events import Notice, Result, Step
 from studio.inverse import dps
 from studio.inverse.operators import Operator, operator_class, settings_text
-from studio.jobs.common import Prepared, prepare, start_from, stream
+from studio.jobs.common import MAX_SEED, Prepared, prepare, start_from, stream
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import previews
 from studio.sampling.loop import Hooks, LoopState
@@ -85,6 +85,8 @@ def build_measurement(req: InverseRequest, size: int, device) -> Measurement:
         raise RequestError(f"Noise sigma must be between 0 and 1 on the [-1, 1] scale (got {req.sigma}).")
     if not 0 < req.strength <= 1:
         raise RequestError(f"Start strength must be above 0 and at most 1 (1 = from pure noise; got {req.strength}).")
+    if not 0 <= req.seed <= MAX_SEED:
+        raise RequestError(f"Seed must be between 0 and {MAX_SEED} (got {req.seed}).")
     cls = operator_class(req.operator)
     image = _rgb(req.image, "image")
     hole = None
@@ -93,6 +95,11 @@ def build_measurement(req: InverseRequest, size: int, device) -> Measurement:
         painted = _rgb(painted.astype(np.uint8) * 255 if painted.max() <= 1 else painted, "mask")
         hole = _resized(painted, size, "mask", req.notices, nearest=True)[..., 0] > 127
     settings = {p.name: getattr(req, p.name) for p in cls.params}
+    for p in cls.params:  # the registry's ranges hold for scripts and the CLI too, not only the page's sliders
+        value = settings[p.name]
+        if (value not in p.choices) if p.choices else not p.minimum <= value <= p.maximum:
+            allowed = ", ".join(f"{c:g}" for c in p.choices) if p.choices else f"between {p.minimum:g} and {p.maximum:g}"
+            raise RequestError(f"{p.label} must be {allowed} (got {value:g}).")
     op = cls.build(size, settings, req.seed, hole)
     g = torch.Generator().manual_seed(req.seed)
     if req.from_clean:

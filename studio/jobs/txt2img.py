@@ -12,11 +12,13 @@ from studio.errors import RequestError
 from studio.events import Notice, Result, Step
 from studio.jobs.common import check_seed, prepare, stream
 from studio.manager import LoadedModel, ModelManager
+from studio.personalize import adapters
 from studio.sampling import guidance, previews
 from studio.sampling.loop import Hooks
 from studio.sampling.schedulers import MAX_SHIFT, MODEL_DEFAULT, check_sampler, sampler_from_label, sampler_label
 
 SIZE_MULTIPLE = 8
+MAX_LORA_WEIGHT = 10.0
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Txt2ImgRequest:
     text_guidance_scale: float = 0.0  # text guidance: CLIP, or the model's image judge, on the decoded x0-hat
     shift: float = 0.0  # flow models: timestep shift (0: the model's own, from its scheduler config)
     controls: tuple[ControlInput, ...] = ()  # ControlNets, with their control maps
+    loras: tuple[tuple[str, float], ...] = ()  # (name or path, weight), besides <lora:name:weight> tags in the prompt
+    embeddings: tuple[str, ...] = ()  # textual-inversion embeddings (name or path), besides those the prompt names
     save: bool = True
 
 
@@ -64,6 +68,10 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
         if not 0 <= value <= limits.max_guidance:
             raise RequestError(f"{name} must be between 0 and {limits.max_guidance} (got {value}).")
     validate_controls(req.controls)
+    for name, weight in list(req.loras) + adapters.parse_prompt(req.prompt)[1]:
+        if not str(name).strip() or not -MAX_LORA_WEIGHT <= float(weight) <= MAX_LORA_WEIGHT:
+            raise RequestError(f"A LoRA needs a name and a weight between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g} "
+                               f"(got {name!r}: {weight}).")
     if req.preview_every < 0:
         raise RequestError(f"Preview every N steps must be 0 (off) or more (got {req.preview_every}).")
     check_seed(req.seed)
@@ -165,7 +173,17 @@ def txt2img(manager: ModelManager, req: Txt2ImgRequest) -> Iterator[Step | Notic
 
 
 def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Generator[Step | Notice, None, Result]:
-    """A checked request on a loaded model, inside the job's session: Steps while denoising; returns the Result."""
+    """A checked request on a loaded model, inside the job's session: Steps while denoising; returns the Result.
+    The request's LoRAs and embeddings are in the model for this run only."""
+    with adapters.applied(manager.config, model, req.prompt, req.loras, req.embeddings) as used:
+        for text in used.notices:
+            yield Notice(text)
+        result = yield from _sample(manager, model, replace(req, prompt=used.prompt), used)
+    return result
+
+
+def _sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest,
+            used: adapters.Used) -> Generator[Step | Notice, None, Result]:
     # 2. The prompt, sampler and noise; guidance and ControlNet hooks.
     if req.controls and model.is_sd3:
         raise RequestError(f"ControlNet works with UNet models (SD 1.x, 2.x, XL and the embedded suite); {model.name} is "
@@ -191,9 +209,9 @@ def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Ge
     infotexts, paths = [], []
     for image, s in zip(pil, run.seeds):
         params = metadata.GenerationParams(
-            prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=sampler,
+            prompt=used.written_prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=sampler,
             cfg_scale=req.guidance_scale, seed=s, width=width, height=height, model=model.name,
-            model_hash=model.model_hash, extra=_extras(req, sampler),
+            model_hash=model.model_hash, extra=_extras(req, sampler, used.extras),
         )
         infotexts.append(metadata.format_parameters(params))
         if req.save:
@@ -201,7 +219,7 @@ def sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest) -> Ge
     return Result(pil, infotexts, paths, run.seeds, {"seconds": time.perf_counter() - t0}, pixels=pixels)
 
 
-def _extras(req: Txt2ImgRequest, sampler: str) -> dict[str, str]:
+def _extras(req: Txt2ImgRequest, sampler: str, personal: dict[str, str]) -> dict[str, str]:
     extra = {}
     if req.guidance_rescale > 0:
         extra["CFG rescale"] = f"{req.guidance_rescale:g}"
@@ -219,6 +237,7 @@ def _extras(req: Txt2ImgRequest, sampler: str) -> dict[str, str]:
         extra["Text guidance"] = f"{req.text_guidance_scale:g}"
     for k, control in enumerate(req.controls):
         extra[f"ControlNet {k}"] = control.describe()
+    extra.update(personal)  # "Lora hashes", "TI hashes", as A1111 writes them
     extra["Version"] = "diffusion-studio"
     return extra
 
@@ -236,4 +255,6 @@ def params_to_request(params: metadata.GenerationParams) -> Txt2ImgRequest:
         sampler=sampler_from_label(params.sampler), steps=params.steps, guidance_scale=params.cfg_scale, guidance_rescale=rescale,
         seed=params.seed, width=params.width, height=params.height, eta=float(params.extra.get("Eta", 0) or 0),
         shift=float(params.extra.get("Shift", 0) or 0),
+        embeddings=tuple(entry.partition(":")[0].strip() for entry in params.extra.get("TI hashes", "").split(",")
+                         if entry.strip()),
     )

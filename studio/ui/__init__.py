@@ -25,7 +25,21 @@ def build(studio: Studio) -> gr.Blocks:
                 inverse.build(studio)
             with gr.Tab("Flow matching", id="flow"):
                 flow.build(studio)
+    publish_only(demo, PUBLIC_ENDPOINTS)
     return demo
+
+
+# The scriptable API: each tab's main actions, with named parameters (see the README). Everything else the page
+# wires (presets, uploads, Stop, pose editing, ...) is private to the page.
+PUBLIC_ENDPOINTS = ("generate", "controlnet", "controlnet_maps", "sweep", "inverse", "flow_compare", "flow_2d",
+                    "flow_2d_reflow")
+
+
+def publish_only(demo: gr.Blocks, names: tuple[str, ...]) -> None:
+    """Make every event but the named main actions private: not in the API docs, not callable by clients."""
+    for fn in demo.fns.values():
+        if fn.api_name not in names:
+            fn.api_visibility = "private"
 
 
 def launch_kwargs() -> dict:

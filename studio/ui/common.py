@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import html
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -29,6 +31,13 @@ CSS = """
 """
 
 
+def blank_canvas(side: int = 512) -> dict:
+    """A sketchpad's opening value: a white ground (with one, Gradio's sketchpad draws at once; without, it draws
+    only after its brush tool is picked)."""
+    ground = Image.new("RGB", (side, side), "white")
+    return {"background": ground, "layers": [], "composite": ground}
+
+
 def status(text: str, kind: str = "info") -> str:
     """A status line as HTML-safe markdown; kind is info, error or ok."""
     prefix = {"error": "Error: ", "ok": "", "info": ""}[kind]
@@ -48,18 +57,77 @@ def tile(images: list[Image.Image], cols: int | None = None) -> Image.Image:
     return sheet
 
 
-def guarded(events: Iterator[Any], on_event: Callable[[Any], dict], on_error: Callable[[str, str], dict]) -> Iterator[dict]:
-    """Turn a job's events into widget updates; any failure becomes a message in the page, never a dead app."""
+SCRIPT_HEADER = "x-gradio-user"  # gradio_client sends "api" in it
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """The page session that sent a request (None outside Gradio: the CLI, tests)."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def from_script(request: gr.Request | None) -> bool:
+    """Whether a request comes from a script rather than this studio's own page: gradio_client says so in a header;
+    the page's requests come from a browser on the studio's own origin (browsers send Origin with every POST), and
+    anything else (curl, httpx, another site) is a script."""
+    headers = getattr(request, "headers", None) if request is not None else None
+    if headers is None:
+        return False
+    if headers.get(SCRIPT_HEADER) == "api":
+        return True
+    origin, host = headers.get("origin") or "", headers.get("x-forwarded-host") or headers.get("host") or ""
+    return urlsplit(origin).netloc != host
+
+
+def deferred(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """A job's events, with the job made (its request parsed) on the first step: inside guarded(), so bad input
+    becomes a message instead of an exception before any handler can catch it."""
+    yield from make()
+
+
+def guarded(events: Iterator[Any], on_event: Callable[[Any], dict], on_error: Callable[[str, str], dict],
+            request: gr.Request | None = None, manager=None) -> Iterator[dict]:
+    """Turn a job's events into widget updates; any failure becomes a message in the page, never a dead app.
+
+    `manager`: the job is claimed for the request's session first, so that only this session's Stop ends it.
+    A script (gradio_client) also gets the failure raised as gr.Error after the message, so that it can catch it;
+    the page gets the message only (a raised error would badge every output with a bare "Error")."""
+    if manager is not None:
+        manager.claim(session_of(request))
     try:
         for event in events:
             yield on_event(event)
+        return
     except Cancelled as e:
-        yield on_error(str(e), "info")
+        text, kind = str(e), "info"
     except StudioError as e:
-        yield on_error(str(e), "error")
+        text, kind = str(e), "error"
     except Exception as e:  # noqa: BLE001 - the page must keep serving whatever went wrong
         log.exception("job failed")
-        yield on_error(f"Unexpected error: {type(e).__name__}: {e}", "error")
+        text, kind = f"Unexpected error: {type(e).__name__}: {e}", "error"
+    yield on_error(text, kind)
+    if from_script(request):
+        raise gr.Error(text, print_exception=False)
+
+
+def api_signature(fn: Callable, names) -> Callable:
+    """Give fn(..., **values) a keyword-only parameter per name, defaulting to None, so that every named parameter of
+    its endpoint is optional for a script (None means the field's default; Gradio reads defaults off the signature)."""
+    signature = inspect.signature(fn)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names]
+    fn.__signature__ = signature.replace(parameters=fixed + extra)
+    return fn
+
+
+def wire_stop(button: gr.Button, manager, progress: gr.Markdown) -> None:
+    """Stop ends the job this page session started, never another user's; it says when there is nothing of theirs."""
+
+    def stop(request: gr.Request):
+        if manager.request_stop(session_of(request)):
+            return status("Stopping…")
+        return status("Nothing of yours is running: Stop ends only the job you started.")
+
+    button.click(stop, None, progress, queue=False, api_visibility="private")
 
 
 class Outputs(NamedTuple):
@@ -75,20 +143,22 @@ class Outputs(NamedTuple):
 
 def result_panel(prefix: str, progress_text: str = "") -> Outputs:
     """Live preview, status line, seed used, gallery of saved images and the last image's settings, in the current column."""
-    live = gr.Image(label="Live preview (x0-hat)", type="pil", interactive=False, height=320,
+    live = gr.Image(label="Live preview (x0-hat)", type="pil", format="png", interactive=False, height=320,
                     elem_id=f"{prefix}live-image", elem_classes=["pixelated"])
     progress = gr.Markdown(progress_text, elem_id=f"{prefix}status-line")
-    used_seed = gr.Number(label="Seed used", interactive=False, precision=0)
+    used_seed = gr.Textbox(label="Seed used", interactive=False, placeholder="after a run", max_lines=1,
+                           elem_id=f"{prefix}seed-used")
     gallery = gr.Gallery(label="Finished images (saved with their settings)", columns=4, height=260, object_fit="contain",
                          elem_id=f"{prefix}gallery", elem_classes=["pixelated"])
     infotext = gr.Textbox(label="Settings of the last image", lines=3, interactive=False)
     return Outputs(live, progress, gallery, gr.State([]), used_seed, infotext)
 
 
-def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict] | None = None) -> Iterator[dict]:
+def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict] | None = None,
+                request: gr.Request | None = None, manager=None) -> Iterator[dict]:
     """A sampling job's events as widget updates: live x0-hat, step/it/s line, then the gallery; errors as messages.
     Events other than Step / Notice / Result go to `on_other` (e.g. the ControlNet job's Maps)."""
-    shown = list(past)
+    shown = list(past or [])
 
     def on_event(event) -> dict:
         if isinstance(event, Step):
@@ -96,6 +166,8 @@ def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict
             if "guidance_log_prob" in event.metrics:
                 text += f" · guidance log p {event.metrics['guidance_log_prob']:.2f}"
             update = {out.progress: status(text)}
+            if event.seeds:
+                update[out.used_seed] = seeds_text(event.seeds)
             if event.preview:
                 update[out.live] = tile(event.preview)
             return update
@@ -106,14 +178,22 @@ def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict
         items = [(str(p), f"seed {s}") for p, s in zip(event.paths, event.seeds)] or [(im, f"seed {s}") for im, s in zip(event.images, event.seeds)]
         shown[:0] = items
         where = f" · saved to {Path(event.paths[0]).parent}" if event.paths else ""
-        return {out.live: tile(event.images), out.gallery: shown, out.history: shown, out.used_seed: event.seeds[0],
+        # The finished image as saved (a PNG with its settings), so that downloading the big view gives that file.
+        final = str(event.paths[0]) if len(event.paths) == 1 else tile(event.images)
+        return {out.live: final, out.gallery: shown, out.history: shown, out.used_seed: seeds_text(event.seeds),
                 out.infotext: event.infotexts[0],
                 out.progress: status(f"Done: {len(event.images)} image(s) in {event.metrics['seconds']:.1f} s{where}", "ok")}
 
     def on_error(text: str, kind: str) -> dict:
         return {out.progress: status(text, kind)}
 
-    yield from guarded(events, on_event, on_error)
+    yield from guarded(events, on_event, on_error, request, manager)
+
+
+def seeds_text(seeds) -> str:
+    """The seed of a run as the user reads it: one number, or the first and last of a batch."""
+    seeds = list(seeds)
+    return str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} … {seeds[-1]} (batch of {len(seeds)})"
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -158,7 +238,7 @@ def cell_update(event, shown: dict, labels: dict[str, list[str]], grid, progress
 
 
 def grid_job_updates(events: Iterator[Any], shown: dict, labels: dict[str, list[str]], grid, progress,
-                     on_summary: Callable[[Any], dict]) -> Iterator[dict]:
+                     on_summary: Callable[[Any], dict], request: gr.Request | None = None, manager=None) -> Iterator[dict]:
     """A grid job's events (Notice, Cell ..., then its summary) as widget updates; failures as messages."""
 
     def on_event(event) -> dict:
@@ -168,4 +248,4 @@ def grid_job_updates(events: Iterator[Any], shown: dict, labels: dict[str, list[
             return cell_update(event, shown, labels, grid, progress)
         return on_summary(event)
 
-    yield from guarded(events, on_event, lambda text, kind: {progress: status(text, kind)})
+    yield from guarded(events, on_event, lambda text, kind: {progress: status(text, kind)}, request, manager)

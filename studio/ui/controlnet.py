@@ -18,7 +18,9 @@ from studio.events import Maps
 from studio.jobs import ControlNetRequest, ControlUnitRequest, controlnet
 from studio.studio import Studio
 from studio.ui import form as forms
-from studio.ui.common import ACCELERATOR, guarded, job_updates, result_panel, status
+from studio.ui.common import ACCELERATOR, api_signature, blank_canvas, deferred, guarded, job_updates, result_panel, status, wire_stop
+from studio.ui.form import number_field
+from studio.ui.uploads import read_array
 
 LABELS = {a.label: a.name for a in ANNOTATORS.values()}  # the page's source choices -> annotator names
 SKETCH_CANVAS = 512
@@ -46,21 +48,32 @@ class Unit:
     end: gr.Slider
 
     def inputs(self) -> list:
+        """In UNIT_FIELDS order."""
         return [self.enabled, self.net, self.source, self.image, self.low, self.high, self.sketch, self.drawing,
                 self.pose_json, self.ready, self.scale, self.start, self.end]
 
 
-def unit_request(enabled, net, annotator, image, low, high, sketch, drawing, pose_json, ready, scale, start, end
-                 ) -> ControlUnitRequest | None:
-    """One slot's values as the job's request (None when the slot is off): the source's input, as collected."""
+# A slot's API parameter names (prefixed cn1_, cn2_ in the /controlnet endpoint), in Unit.inputs() order.
+UNIT_FIELDS = ("enabled", "controlnet", "source", "image", "canny_low", "canny_high", "sketch", "drawing", "pose_json",
+               "ready_map", "scale", "start", "end")
+
+
+def unit_request(enabled, controlnet, source, image, canny_low, canny_high, sketch, drawing, pose_json, ready_map,
+                 scale, start, end) -> ControlUnitRequest | None:
+    """One slot's values as the job's request (None when the slot is off): the source's input, as collected.
+    Uploaded files (image, drawing, ready_map) are read here, so a broken one gets a message naming it."""
     if not enabled:
         return None
-    if annotator == "scribble":  # an uploaded drawing wins over the sketchpad
-        image = drawing if drawing is not None else (sketch.get("composite") if isinstance(sketch, dict) else sketch)
-    elif annotator == "none":
-        image = ready
-    source = MapSource(annotator, image, pose_json or "", int(low), int(high))
-    return ControlUnitRequest(net or "", source, float(scale), float(start), float(end))
+    if source == "scribble":  # an uploaded drawing wins over the sketchpad
+        picture = (read_array(drawing, "drawing") if drawing is not None
+                   else read_array(sketch.get("composite") if isinstance(sketch, dict) else sketch, "sketch", "RGBA"))
+    elif source == "none":
+        picture = read_array(ready_map, "control map")
+    else:
+        picture = read_array(image, "image for Canny edges")
+    low, high = (number_field(name, v, 0) for name, v in (("canny_low", canny_low), ("canny_high", canny_high)))
+    scale, start, end = (number_field(name, v, 0.0) for name, v in (("scale", scale), ("start", start), ("end", end)))
+    return ControlUnitRequest(controlnet or "", MapSource(source, picture, pose_json or "", low, high), scale, start, end)
 
 
 # ---------------------------------------------------------------- layout
@@ -73,13 +86,14 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
                           info="embedded, <models>/controlnet/<name>, a ControlNetModel folder, or a hub id")
     source = gr.Radio(list(LABELS.items()), value=source_default, label="Control from", elem_id=f"cn{k}-source")
     with gr.Group(visible=source_default == "scribble") as sketch_group:
-        sketch = gr.Sketchpad(type="numpy", canvas_size=(SKETCH_CANVAS, SKETCH_CANVAS), format="png",
+        # A white ground to draw on: with it the sketchpad draws at once (without, only after picking its brush).
+        sketch = gr.Sketchpad(blank_canvas(), type="numpy", canvas_size=(SKETCH_CANVAS, SKETCH_CANVAS), format="png",
                               brush=gr.Brush(colors=["#000000"], default_size=8, color_mode="fixed"), height=360,
                               label="Sketch (draw an outline)", elem_id=f"cn{k}-sketch")
-        drawing = gr.Image(type="numpy", label="…or upload a drawing (dark lines on a light ground); it wins over the sketchpad",
+        drawing = gr.Image(type="filepath", label="…or upload a drawing (dark lines on a light ground); it wins over the sketchpad",
                            sources=["upload", "clipboard"], height=140, elem_id=f"cn{k}-drawing")
     with gr.Group(visible=source_default == "canny") as canny_group:
-        image = gr.Image(type="numpy", label="Image for Canny edges", sources=["upload", "clipboard"], elem_id=f"cn{k}-image")
+        image = gr.Image(type="filepath", label="Image for Canny edges", sources=["upload", "clipboard"], elem_id=f"cn{k}-image")
         with gr.Row():
             low = gr.Slider(0, 500, value=100, step=1, label="Canny low threshold")
             high = gr.Slider(1, 1000, value=200, step=1, label="Canny high threshold")
@@ -94,13 +108,13 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
                                label="Pose (OpenPose JSON; editable)", elem_id=f"cn{k}-pose-json")
         with gr.Row():
             pose_file = gr.File(label="Load an OpenPose JSON file", file_types=[".json"], height=80)
-            photo = gr.Image(type="numpy", label="Detect from a photo", sources=["upload"], height=160)
+            photo = gr.Image(type="filepath", label="Detect from a photo", sources=["upload"], height=160)
         detect_model = gr.Textbox(str(detect.find_openpose_model(studio.config.models_dir) or
                                       Path(studio.config.models_dir) / detect.DEFAULT_OPENPOSE_DIR_NAME),
                                   label="OpenPose model (folder or file) for detection")
         detect_btn = gr.Button("Detect pose")
     with gr.Group(visible=source_default == "none") as ready_group:
-        ready = gr.Image(type="numpy", label="Ready-made control map (drop one here)", sources=["upload", "clipboard"],
+        ready = gr.Image(type="filepath", label="Ready-made control map (drop one here)", sources=["upload", "clipboard"],
                          height=160, elem_id=f"cn{k}-ready")
     # Output only: a map the job showed is never sent back as an input (a shown image round-tripping as input made
     # the next click fail with "Image path is None").
@@ -142,7 +156,7 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
         try:
             if picture is None:
                 raise RequestError("Upload a photo to detect a pose from.")
-            rgb = annotators.as_rgb(picture)
+            rgb = annotators.as_rgb(read_array(picture, "photo"))
             keypoints = detect.detect_pose(rgb, model_path)
             return annotators.pose_to_json(keypoints, rgb.shape[:2]), status("Pose detected.", "ok")
         except StudioError as e:
@@ -160,7 +174,7 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
     move.click(move_one, [pose_json, joint, jx, jy], [pose_json, pose_msg], queue=False)
     joint.change(joint_position, [pose_json, joint], [jx, jy], queue=False)
     pose_file.upload(load_file, pose_file, [pose_json, pose_msg], queue=False)
-    detect_btn.click(run_detection, [photo, detect_model], [pose_json, pose_msg])
+    detect_btn.click(run_detection, [photo, detect_model], [pose_json, pose_msg], preprocess=False)  # photo read by the handler
     return Unit(enabled, net, source, image, low, high, sketch, drawing, pose_json, ready, control_map, scale, start, end)
 
 
@@ -183,32 +197,26 @@ def build(studio: Studio) -> None:
                 stop = gr.Button("Stop", variant="stop", elem_id="cn-stop")
         with gr.Column(scale=2):
             out = result_panel("cn-")
-    inputs = form.components()
-    unit_inputs = [c for u in units for c in u.inputs()]
-    per_unit = len(units[0].inputs())
     maps = [u.control_map for u in units]
+    named = {**form.named(), **{f"cn{k + 1}_{name}": c for k, u in enumerate(units) for name, c in zip(UNIT_FIELDS, u.inputs())}}
 
-    def request(values, maps_only: bool) -> tuple[ControlNetRequest, list[int]]:
-        form_values, slots = values[:len(inputs)], values[len(inputs):]
-        wanted = [unit_request(*slots[k * per_unit:(k + 1) * per_unit]) for k in range(len(units))]
-        enabled = [k for k, u in enumerate(wanted) if u is not None]
-        return ControlNetRequest(forms.request_from_form(form_values), tuple(wanted[k] for k in enabled), maps_only), enabled
+    def request(values: dict, maps_only: bool, enabled: list[int]) -> ControlNetRequest:
+        """The page's values by API name as the job's request; `enabled` gets the slots in use (to show their maps)."""
+        wanted = [unit_request(**{name: values[f"cn{k + 1}_{name}"] for name in UNIT_FIELDS}) for k in range(len(units))]
+        enabled.extend(k for k, u in enumerate(wanted) if u is not None)
+        req = forms.request_from_form({k: values[k] for k in forms.FIELDS})
+        return ControlNetRequest(req, tuple(wanted[k] for k in enabled), maps_only)
 
     def shown_maps(event: Maps, enabled: list[int]) -> dict:
         return {maps[k]: m for k, m in zip(enabled, event.maps)}
 
-    def events(values, maps_only: bool, enabled: list[int]):
-        """The job's events; the request is built here so that bad input reaches the status line through guarded()."""
-        req, slots = request(values, maps_only)
-        enabled.extend(slots)
-        yield from controlnet(studio.manager, req)
-
-    def run(*values):
-        *values, past = values
+    def run(history: list | None = None, request_: gr.Request = None, **values):
         enabled: list[int] = []
-        yield from job_updates(events(values, False, enabled), past, out, on_other=lambda e: shown_maps(e, enabled))
+        job = deferred(lambda: controlnet(studio.manager, request(values, False, enabled)))
+        yield from job_updates(job, history, out, on_other=lambda e: shown_maps(e, enabled), request=request_,
+                               manager=studio.manager)
 
-    def preview_maps(*values):
+    def preview_maps(request_: gr.Request = None, **values):
         enabled: list[int] = []
 
         def on_event(event) -> dict:
@@ -216,11 +224,16 @@ def build(studio: Studio) -> None:
                 return {**shown_maps(event, enabled), out.progress: status(f"Control maps at {event.size[1]}x{event.size[0]}.")}
             return {out.progress: status(event.text)}
 
-        yield from guarded(events(values, True, enabled), on_event, lambda text, kind: {out.progress: status(text, kind)})
+        job = deferred(lambda: controlnet(studio.manager, request(values, True, enabled)))
+        yield from guarded(job, on_event, lambda text, kind: {out.progress: status(text, kind)}, request_, studio.manager)
 
-    generate.click(run, inputs + unit_inputs + [out.history], list(out) + maps,
+    # The API: /controlnet and /controlnet_maps, with the form's names and cn1_*, cn2_* for the slots.
+    # Unprocessed (preprocess=False): uploads arrive as files in Gradio's cache and are read by unit_request, so a
+    # broken image gets a message naming it instead of Gradio's bare "Error"; numbers are checked by the job.
+    generate.click(api_signature(run, named), [out.history], list(out) + maps, inputs_kwargs=named, preprocess=False,
                    concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="controlnet")
-    show_maps.click(preview_maps, inputs + unit_inputs, maps + [out.progress], concurrency_id=ACCELERATOR, concurrency_limit=1)
-    stop.click(studio.manager.request_stop, None, None, queue=False)
+    show_maps.click(api_signature(preview_maps, named), None, maps + [out.progress], inputs_kwargs=named,
+                    preprocess=False, concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="controlnet_maps")
+    wire_stop(stop, studio.manager, out.progress)
     refresh.click(lambda: [gr.update(choices=sources.list_controlnets(studio.config))] * len(units), None,
                   [u.net for u in units], queue=False)

@@ -16,7 +16,8 @@ from studio.jobs.flow_compare import EVALUATIONS, CompareRequest, Contender, com
 from studio.jobs.flow2d import DRAWN, TRAJECTORIES, Flow2DRequest, flow2d, parse_steps, summary
 from studio.sampling.schedulers import SAMPLERS
 from studio.studio import Studio
-from studio.ui.common import ACCELERATOR, grid_job_updates, guarded, status
+from studio.ui.common import ACCELERATOR, blank_canvas, grid_job_updates, guarded, status, wire_stop
+from studio.ui.form import number_field
 
 SKETCH_CANVAS = 256
 EXTENT = 4.0  # the sketch canvas spans [-EXTENT, EXTENT]^2, the scale of the moons and the checkerboard
@@ -102,7 +103,8 @@ def build_playground(studio: Studio) -> None:
                 target = gr.Dropdown(list(TARGETS) + [DRAWN] + [n for n in DISTRIBUTIONS if n not in TARGETS],
                                      value=start.target, label="Target", elem_id="flow2d-target")
             with gr.Group(visible=False) as draw_group:
-                sketch = gr.Sketchpad(type="numpy", canvas_size=(SKETCH_CANVAS, SKETCH_CANVAS), format="png", height=300,
+                sketch = gr.Sketchpad(blank_canvas(SKETCH_CANVAS), type="numpy", canvas_size=(SKETCH_CANVAS, SKETCH_CANVAS),
+                                      format="png", height=300,
                                       brush=gr.Brush(colors=["#000000"], default_size=6, color_mode="fixed"),
                                       label=f"Draw the target (the canvas spans [-{EXTENT:g}, {EXTENT:g}] on both axes)",
                                       elem_id="flow2d-sketch")
@@ -113,7 +115,7 @@ def build_playground(studio: Studio) -> None:
             with gr.Row():
                 train_steps = gr.Slider(100, 5000, value=start.train_steps, step=100, label="Training steps per model",
                                         elem_id="flow2d-train-steps")
-                seed = gr.Number(value=start.seed, precision=0, label="Seed", info="-1 = random")
+                seed = gr.Number(value=start.seed, label="Seed", info="-1 = random")
             with gr.Row():
                 eval_steps = gr.Textbox(", ".join(map(str, start.eval_steps)), label="Euler steps for W2",
                                         elem_id="flow2d-eval-steps")
@@ -130,14 +132,18 @@ def build_playground(studio: Studio) -> None:
             plot = gr.LinePlot(pd.DataFrame(columns=W2_COLUMNS), x="steps", y="W2", color="model", label="W2 to the target "
                                "against Euler steps", x_title="Euler steps", y_title="W2", elem_id="flow2d-plot")
 
-    def run(reflow: bool, source, target, sketch, typed, pairings, train_steps, seed, eval_steps, reg):
+    def run(reflow: bool, source, target, sketch, points, pairings, train_steps, seed, eval_steps, sinkhorn_reg, request):
         frames = {}
 
         def events():
             # Parsing happens here so bad input reaches the status line through guarded().
-            req = Flow2DRequest(source, target, drawn_points(target, sketch, typed), tuple(pairings or ()),
-                                parse_steps(eval_steps or ""), int(train_steps), seed=int(seed if seed is not None else 0),
-                                sinkhorn_reg=float(reg if reg is not None else DEFAULT_SINKHORN_REG), reflow=reflow)
+            req = Flow2DRequest(source or start.source, target or start.target, drawn_points(target, sketch, points),
+                                tuple(start.pairings if pairings is None else pairings),
+                                start.eval_steps if eval_steps is None else parse_steps(eval_steps),
+                                number_field("train_steps", start.train_steps if train_steps is None else train_steps, 0),
+                                seed=number_field("seed", seed if seed is not None else 0, 0),
+                                sinkhorn_reg=number_field("sinkhorn_reg", DEFAULT_SINKHORN_REG if sinkhorn_reg is None
+                                                          else sinkhorn_reg, 0.0), reflow=reflow)
             yield from flow2d(studio.manager, req)
 
         def on_event(event) -> dict:
@@ -157,13 +163,16 @@ def build_playground(studio: Studio) -> None:
             return {progress: status(text, kind)}
 
         yield {progress: status("Starting…")}
-        yield from guarded(events(), on_event, on_error)
+        yield from guarded(events(), on_event, on_error, request, studio.manager)
 
-    def train_clicked(*values):
-        yield from run(False, *values)
+    # The API's parameter names are these functions'.
+    def train_clicked(source=None, target=None, sketch=None, points=None, pairings=None, train_steps=None, seed=None,
+                      eval_steps=None, sinkhorn_reg=None, request: gr.Request = None):
+        yield from run(False, source, target, sketch, points, pairings, train_steps, seed, eval_steps, sinkhorn_reg, request)
 
-    def reflow_clicked(*values):
-        yield from run(True, *values)
+    def reflow_clicked(source=None, target=None, sketch=None, points=None, pairings=None, train_steps=None, seed=None,
+                       eval_steps=None, sinkhorn_reg=None, request: gr.Request = None):
+        yield from run(True, source, target, sketch, points, pairings, train_steps, seed, eval_steps, sinkhorn_reg, request)
 
     inputs = [source, target, sketch, typed, pairings, train_steps, seed, eval_steps, reg]
     outputs = [view, progress, table, plot]
@@ -171,7 +180,7 @@ def build_playground(studio: Studio) -> None:
     train_btn.click(train_clicked, inputs, outputs, concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="flow_2d")
     reflow_btn.click(reflow_clicked, inputs, outputs, concurrency_id=ACCELERATOR, concurrency_limit=1,
                      api_name="flow_2d_reflow")
-    stop.click(studio.manager.request_stop, None, None, queue=False)
+    wire_stop(stop, studio.manager, progress)
 
 
 # ================================================================ 2. flow vs diffusion at equal evaluations
@@ -194,7 +203,7 @@ def build_comparison(studio: Studio) -> None:
             evaluations = gr.CheckboxGroup(list(EVALUATIONS), value=list(EVALUATIONS), label="Model evaluations",
                                            elem_id="flow-evaluations")
             with gr.Row():
-                seed = gr.Number(value=0, precision=0, label="Seed", info="adherence over seed, seed + 1, ...")
+                seed = gr.Number(value=0, label="Seed", info="adherence over seed, seed + 1, ...")
                 judge_seeds = gr.Slider(1, 8, value=4, step=1, label="Seeds for adherence")
                 cfg = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
             with gr.Row():
@@ -208,14 +217,17 @@ def build_comparison(studio: Studio) -> None:
             table = gr.Dataframe(headers=COMPARE_HEADERS, label="Per model and evaluation count", interactive=False,
                                  elem_id="flow-table")
 
-    def run(text, model_a, sampler_a, model_b, sampler_b, counts, seed_v, seeds_v, cfg_v):
+    # The API's parameter names are this function's.
+    def run(prompt: str, model_1: str, sampler_1: str, model_2: str, sampler_2: str, evaluations: list, seed: float,
+            judge_seeds: float, guidance_scale: float, request: gr.Request = None):
         shown: dict[tuple[int, int], Image.Image] = {}
-        labels = {"rows": [], "cols": [f"{n} evals" for n in sorted(counts or [])]}
+        labels = {"rows": [], "cols": [f"{n} evals" for n in sorted(evaluations or [])]}
 
         def events():
-            contenders = tuple(Contender(m, s) for m, s in ((model_a, sampler_a), (model_b, sampler_b)) if m)
-            req = CompareRequest(text or "", contenders, tuple(sorted(int(n) for n in counts or [])), int(seed_v or 0),
-                                 float(cfg_v), int(seeds_v))
+            contenders = tuple(Contender(m, s) for m, s in ((model_1, sampler_1), (model_2, sampler_2)) if m)
+            counts = tuple(sorted(number_field("evaluations", n, 0) for n in evaluations or []))
+            req = CompareRequest(prompt or "", contenders, counts, number_field("seed", seed or 0, 0),
+                                 number_field("guidance_scale", guidance_scale, 0.0), number_field("judge_seeds", judge_seeds, 0))
             labels["rows"] = [f"{c.model} ({c.sampler})" for c in contenders]
             yield from compare(studio.manager, req)
 
@@ -223,11 +235,11 @@ def build_comparison(studio: Studio) -> None:
             return {table: compare_table(event), plot: compare_plot(event),
                     progress: status(f"Done: {len(shown)} cells in {event.seconds:.1f} s", "ok")}
 
-        yield from grid_job_updates(events(), shown, labels, grid, progress, on_summary)
+        yield from grid_job_updates(events(), shown, labels, grid, progress, on_summary, request, studio.manager)
 
     run_btn.click(run, [prompt, *pickers, evaluations, seed, judge_seeds, cfg], [grid, progress, table, plot],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="flow_compare")
-    stop.click(studio.manager.request_stop, None, None, queue=False)
+    wire_stop(stop, studio.manager, progress)
 
 
 def compare_table(summary: SweepSummary) -> pd.DataFrame:

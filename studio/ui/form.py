@@ -2,11 +2,13 @@
 batch, previews and the guidance accordion. Its opening values come from the default preset, in both tabs."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gradio as gr
 
 from studio.config import DEFAULT_MODEL
+from studio.errors import RequestError
 from studio.jobs import Txt2ImgRequest
 from studio.presets import apply_preset
 from studio.sampling.schedulers import MODEL_DEFAULT, SAMPLERS
@@ -58,6 +60,10 @@ class GenerationForm:
                 self.width, self.height, self.batch, self.preview_every, self.cfg_start, self.cfg_end,
                 self.classifier_scale, self.classifier_target, self.text_scale, self.shift]
 
+    def named(self) -> dict[str, gr.components.Component]:
+        """The inputs by request field: the API's parameter names (`prompt`, `steps`, `guidance_scale`, ...)."""
+        return dict(zip(FIELDS, self.components()))
+
 
 def model_row(studio: Studio, elem_id: str, label: str = "Model", extra=None) -> tuple[gr.Dropdown, gr.Button]:
     """The model picker (pick, or type a folder, a file or a hub id) and its refresh button, in a row."""
@@ -85,18 +91,21 @@ def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button
     limits = studio.config.limits
     with gr.Row():
         sampler = gr.Dropdown(SAMPLER_CHOICES, value=start.sampler, label="Sampler", elem_id=f"{prefix}sampler-box")
-        steps = gr.Slider(1, limits.max_steps, value=start.steps, step=1, label="Steps", elem_id=f"{prefix}steps-slider")
-        shift = gr.Number(value=start.shift, label="Shift", info="flow models: 0 = the model's own", minimum=0,
-                          elem_id=f"{prefix}shift-box", scale=0, min_width=110)
+        # Number boxes, not sliders, for values a user types: out-of-range ones reach the checks and get their
+        # message (a slider clamps silently: Steps 0 ran 1 step).
+        steps = gr.Number(value=start.steps, label="Steps", info=f"1-{limits.max_steps}", elem_id=f"{prefix}steps-box",
+                          min_width=110)
+        shift = gr.Number(value=start.shift, label="Shift", info="flow models: 0 = the model's own",
+                          elem_id=f"{prefix}shift-box", min_width=110)
     with gr.Row():
         cfg = gr.Slider(0, 20, value=start.guidance_scale, step=0.5, label="Guidance scale (CFG)", elem_id=f"{prefix}cfg-slider")
         rescale = gr.Slider(0, 1, value=start.guidance_rescale, step=0.05, label="CFG rescale", info="0 = off; 0.7 is usual")
     with gr.Row():
-        width = gr.Number(value=start.width, precision=0, label="Width", info="0 = model's native size")
-        height = gr.Number(value=start.height, precision=0, label="Height", info="0 = model's native size")
+        width = gr.Number(value=start.width, label="Width", info="0 = model's native size")
+        height = gr.Number(value=start.height, label="Height", info="0 = model's native size")
         batch = gr.Slider(1, limits.max_batch, value=start.batch_size, step=1, label="Batch size")
     with gr.Row():
-        seed = gr.Number(value=start.seed, precision=0, label="Seed", info="-1 = random", elem_id=f"{prefix}seed-box")
+        seed = gr.Number(value=start.seed, label="Seed", info="-1 = random", elem_id=f"{prefix}seed-box")
         preview_every = gr.Slider(0, 20, value=start.preview_every, step=1, label="Preview every N steps", info="0 = off")
     with gr.Accordion("Guidance: CFG interval, classifier guidance, text guidance", open=False):
         with gr.Row():
@@ -115,14 +124,27 @@ def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button
                           preview_every, cfg_start, cfg_end, classifier_scale, classifier_target, text_scale, shift)
 
 
-def request_from_form(values) -> Txt2ImgRequest:
-    """The form's values (in FIELDS order) as a request; an emptied box (None) means the field's default."""
+def request_from_form(values: dict) -> Txt2ImgRequest:
+    """The form's values by field as a request; an emptied box (None) means the field's default. Numbers are checked
+    here (NaN, infinities, fractions where a whole number is wanted) so that each gets a message naming its field."""
     defaults = Txt2ImgRequest()
-    return Txt2ImgRequest(**{k: getattr(defaults, k) if v is None else _plain(v) for k, v in zip(FIELDS, values)})
+    return Txt2ImgRequest(**{k: getattr(defaults, k) if v is None else number_field(k, v, getattr(defaults, k))
+                             for k, v in values.items()})
 
 
-def _plain(value):
-    """Gradio numbers arrive as float; the request wants ints where the field is int."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+def number_field(name: str, value, default):
+    """A form value as the type of the request field's default: finite, and whole where the field is int."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return value
+    label = name.replace("_", " ").capitalize()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{label} must be a number (got {value!r}).") from None
+    if not math.isfinite(number):
+        raise RequestError(f"{label} must be a finite number (got {value!r}).")
+    if isinstance(default, int):
+        if not number.is_integer():
+            raise RequestError(f"{label} must be a whole number (got {value!r}).")
+        return int(value) if isinstance(value, int) else int(number)
+    return number

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from studio import metadata
 from studio.config import DEFAULT_MODEL
@@ -12,7 +14,7 @@ from studio.presets import apply_preset, get_preset
 from studio.sampling.schedulers import MODEL_DEFAULT, SAMPLERS
 from studio.studio import Studio
 from studio.ui import form as forms
-from studio.ui.common import ACCELERATOR, job_updates, result_panel, status
+from studio.ui.common import ACCELERATOR, api_signature, deferred, job_updates, result_panel, status, wire_stop
 
 NO_MODEL_HELP = (
     "No model found. Put a diffusers model folder (with model_index.json) or a .safetensors checkpoint in "
@@ -41,18 +43,21 @@ def build(studio: Studio) -> None:
                 generate = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
             with gr.Accordion("Load settings from image", open=False):
-                settings_png = gr.Image(type="pil", label="Drop a PNG made here, in A1111, or another tool", sources=["upload"],
-                                        elem_id="settings-png")
+                # A file, read by the handler: a broken upload gets a message, not Gradio's bare "Error".
+                settings_png = gr.File(label="Drop a PNG made here, in A1111, or another tool", file_types=["image"],
+                                       type="filepath", height=90, elem_id="settings-png")
         with gr.Column(scale=2):
             out = result_panel("", status(NO_MODEL_HELP.format(models=studio.config.models_dir)) if model_default is None else "")
     inputs = form.components()
 
-    def run(*values):
-        *form_values, past = values
-        yield from job_updates(txt2img(studio.manager, forms.request_from_form(form_values)), past, out)
+    def run(history: list | None = None, request: gr.Request = None, **values):
+        job = deferred(lambda: txt2img(studio.manager, forms.request_from_form(values)))
+        yield from job_updates(job, history, out, request=request, manager=studio.manager)
 
-    generate.click(run, inputs + [out.history], list(out), concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="generate")
-    stop.click(studio.manager.request_stop, None, None, queue=False)
+    # The API: /generate with the request's field names as parameters (prompt, steps, guidance_scale, ...).
+    generate.click(api_signature(run, form.named()), [out.history], list(out), inputs_kwargs=form.named(), concurrency_id=ACCELERATOR,
+                   concurrency_limit=1, api_name="generate")
+    wire_stop(stop, studio.manager, out.progress)
 
     def use_preset(name):
         if not name:
@@ -68,13 +73,13 @@ def build(studio: Studio) -> None:
     preset.change(use_preset, preset, [model, form.sampler, form.steps, form.cfg, form.width, form.height, negative,
                                        out.progress], queue=False)
 
-    def load_settings(image):
-        if image is None:
+    def load_settings(path):
+        if path is None:
             return [gr.update()] * len(inputs) + [gr.update()]
         try:
-            params = metadata.read_png_parameters(image)
-        except ValueError as e:
-            return [gr.update()] * len(inputs) + [status(str(e), "error")]
+            params = metadata.read_png_parameters(path)
+        except (ValueError, OSError, Image.DecompressionBombError) as e:
+            return [gr.update()] * len(inputs) + [status(f"Could not read settings from {Path(path).name}: {e}", "error")]
         if params is None:
             return [gr.update()] * len(inputs) + [status("That image has no generation settings (no 'parameters' text chunk).", "error")]
         req = params_to_request(params)
@@ -85,4 +90,4 @@ def build(studio: Studio) -> None:
             note = f" Its sampler {params.sampler!r} is not offered here; using DPM++ 2M."
         return [values[k] for k in forms.FIELDS] + [status(f"Settings loaded (seed {req.seed}).{note}", "ok")]
 
-    settings_png.upload(load_settings, settings_png, inputs + [out.progress], queue=False)
+    settings_png.upload(load_settings, settings_png, inputs + [out.progress], queue=False, api_visibility="private")

@@ -15,7 +15,9 @@ from studio.inverse.operators import OPERATORS, Param
 from studio.jobs import InverseRequest, inverse
 from studio.sampling.schedulers import SAMPLERS
 from studio.studio import Studio
-from studio.ui.common import ACCELERATOR, guarded, status, tile
+from studio.ui.common import ACCELERATOR, api_signature, guarded, status, tile, wire_stop
+from studio.ui.form import number_field
+from studio.ui.uploads import open_image, read_array, shrink
 
 VIEW = 256  # images are upscaled (nearest) to at least this many pixels for viewing
 TABLE_HEADERS = ["method", "PSNR", "SSIM", "hole PSNR", "residual"]
@@ -52,13 +54,19 @@ def build(studio: Studio) -> None:
     params = operator_params()
     with gr.Row():
         with gr.Column(scale=2):
-            editor = gr.ImageEditor(type="numpy", image_mode="RGBA", label=first.hint,
+            editor = gr.ImageEditor(type="filepath", image_mode="RGBA", label=first.hint,
                                     brush=gr.Brush(colors=["#ff00ff"], default_color="#ff00ff", default_size=6),
-                                    sources=["upload", "clipboard"], layers=False, transforms=(), height=360,
+                                    sources=(), layers=False, transforms=(), height=360,
                                     elem_id="inverse-editor", elem_classes=["pixelated"])
             with gr.Row():
-                sample_btn = gr.Button("Example image", elem_id="inverse-sample")
-                sample_index = gr.Number(value=0, precision=0, minimum=0, label="Example", info="+1 each click")
+                # Uploads go through a file box, not the editor: the server reads the file (a broken one gets a
+                # message) and scales a large one down before the editor's canvas ever sees it (a 6000 px picture
+                # drawn into the canvas blocked the page for a minute).
+                upload = gr.File(label="Upload an image (large ones are scaled down)", file_types=["image"],
+                                 type="filepath", height=90, elem_id="inverse-upload", scale=2)
+                with gr.Column(scale=1, min_width=120):
+                    sample_btn = gr.Button("Example image", elem_id="inverse-sample")
+                    sample_index = gr.Number(value=0, label="Example", info="+1 each click")
             from_measurement = gr.Checkbox(False, label="Input is already the measurement",
                                            info="off: the measurement is made from the image (and scores are computed)")
             operator = gr.Dropdown([(cls.label, name) for name, cls in OPERATORS.items()], value=start.operator,
@@ -71,10 +79,10 @@ def build(studio: Studio) -> None:
                 strength = gr.Slider(0.05, 1, value=start.strength, step=0.05, label="Start strength", elem_id="inverse-strength",
                                      info="DPS starts from the classical estimate noised this far; 1 = from pure noise")
             with gr.Row():
-                steps = gr.Slider(1, studio.config.limits.max_steps, value=start.steps, step=1, label="Steps",
+                steps = gr.Number(value=start.steps, label="Steps", info=f"1-{studio.config.limits.max_steps}",
                                   elem_id="inverse-steps")
                 sampler = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler")
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                seed = gr.Number(value=0, label="Seed", elem_id="inverse-seed")
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt (optional)", placeholder="empty: unconditional", scale=3)
                 cfg = gr.Slider(0, 20, value=start.guidance_scale, step=0.5, label="CFG scale", info="1 = no CFG", scale=2)
@@ -106,26 +114,40 @@ def build(studio: Studio) -> None:
         found = sample_images(studio.config.samples_dir)
         if not found:
             return gr.update(), index, status(f"No example images in {studio.config.samples_dir}; upload an image instead.", "error")
-        k = int(index or 0)
+        try:
+            k = number_field("example", index or 0, 0) % len(found)
+        except RequestError as e:
+            return gr.update(), 0, status(str(e), "error")
         return str(found[k % len(found)]), k + 1, status(f"Example {found[k % len(found)].name}.")
 
     sample_btn.click(next_example, sample_index, [editor, sample_index, progress], queue=False)
 
-    def run(editor_value, measured, op, sigma_v, zeta_v, strength_v, steps_v, sampler_v, seed_v, prompt_v, cfg_v, model_v,
-            *param_values):
+    def use_upload(path):
+        """The uploaded file into the editor, read once here and scaled down when large (the user is told)."""
+        if path is None:
+            return gr.update(), gr.update()
+        try:
+            image, note = shrink(open_image(path, "image"))
+        except RequestError as e:
+            return gr.update(), status(str(e), "error")
+        return {"background": image, "layers": [], "composite": image}, status(note or f"Loaded {Path(path).name}.")
+
+    upload.upload(use_upload, upload, [editor, progress], queue=False)
+
+    def run(request: gr.Request = None, **values):
         residuals: list[dict] = []
         t0 = time.perf_counter()
+        op, sigma_v = values["operator"], values["sigma"]
 
         def events():
             # Building the request here sends bad input to the status line through guarded().
-            image, hole = editor_image(editor_value)
-            settings = {name: (int(v) if isinstance(getattr(start, name), int) else float(v))
-                        for name, v in zip(widgets, param_values)}
-            req = InverseRequest(image=image, operator=op, hole=hole, sigma=float(sigma_v),
-                                 zeta=float(zeta_v) if zeta_v else None, strength=float(strength_v),
-                                 from_clean=not measured, model=model_v or "", prompt=prompt_v or "",
-                                 guidance_scale=float(cfg_v), sampler=sampler_v, steps=int(steps_v), seed=int(seed_v or 0),
-                                 **settings)
+            image, hole = editor_image(values["image"])
+            numbers = {name: number_field(name, values[name], getattr(start, name))
+                       for name in ("sigma", "strength", "steps", "seed", "guidance_scale", *widgets)}
+            zeta_v = number_field("zeta", values["zeta"], 0.0) if values["zeta"] else None
+            req = InverseRequest(image=image, operator=op, hole=hole, zeta=zeta_v or None, from_clean=not values["from_measurement"],
+                                 model=values["model"] or "", prompt=values["prompt"] or "", sampler=values["sampler"],
+                                 **numbers)
             yield from inverse(studio.manager, req)
 
         def on_event(event) -> dict:
@@ -156,25 +178,29 @@ def build(studio: Studio) -> None:
 
         yield {live: None, gallery: None, table: pd.DataFrame(columns=TABLE_HEADERS),
                plot: pd.DataFrame(columns=PLOT_COLUMNS), progress: status("Starting…")}
-        yield from guarded(events(), on_event, on_error)
+        yield from guarded(events(), on_event, on_error, request, studio.manager)
 
-    run_btn.click(run, [editor, from_measurement, operator, sigma, zeta, strength, steps, sampler, seed, prompt, cfg, model]
-                  + specific, [live, plot, gallery, table, progress],
-                  concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="inverse")
-    stop.click(studio.manager.request_stop, None, None, queue=False)
+    # The API: /inverse with named parameters (image, operator, sigma, ... and each operator setting by name).
+    named = {"image": editor, "from_measurement": from_measurement, "operator": operator, "sigma": sigma, "zeta": zeta,
+             "strength": strength, "steps": steps, "sampler": sampler, "seed": seed, "prompt": prompt,
+             "guidance_scale": cfg, "model": model, **widgets}
+    # Unprocessed (preprocess=False): the editor's files are read by editor_image (a broken one gets a message).
+    run_btn.click(api_signature(run, named), None, [live, plot, gallery, table, progress], inputs_kwargs=named,
+                  preprocess=False, concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="inverse")
+    wire_stop(stop, studio.manager, progress)
 
 
 def editor_image(value) -> tuple[np.ndarray, np.ndarray | None]:
     """The editor's background as uint8 RGB, and the painted hole (HxW, 1 = missing; alpha > 0 on any layer) or None."""
     background = value.get("background") if isinstance(value, dict) else value
     if background is None:
-        raise RequestError("No image: click Procedural sample, or upload an image into the editor.")
-    image = np.asarray(background)
+        raise RequestError("No image: click Example image, or upload an image into the editor.")
+    image = read_array(background, "image", "RGBA")
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[..., :3]
     hole = None
     for layer in (value.get("layers") or []) if isinstance(value, dict) else []:
-        layer = np.asarray(layer)
+        layer = read_array(layer, "painted layer", "RGBA")
         if layer.ndim == 3 and layer.shape[2] == 4:
             painted = layer[..., 3] > 0
             hole = painted if hole is None else hole | painted

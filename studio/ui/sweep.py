@@ -6,10 +6,10 @@ import pandas as pd
 from PIL import Image
 
 from studio.events import SweepSummary
-from studio.jobs import Txt2ImgRequest
 from studio.studio import Studio
 from studio.jobs.sweep import AXES, MAX_SIDE, SweepRequest, parse_axis_values, parse_scales, sweep
-from studio.ui.common import ACCELERATOR, grid_job_updates, status
+from studio.ui import form as forms
+from studio.ui.common import ACCELERATOR, grid_job_updates, status, wire_stop
 from studio.ui.form import SAMPLER_CHOICES, opening_request
 
 TABLE_HEADERS = ["scale", "adherence", "diversity"]
@@ -27,9 +27,10 @@ def build(studio: Studio) -> None:
             negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="sweep-negative")
             with gr.Row():
                 sampler = gr.Dropdown(SAMPLER_CHOICES, value=start.sampler, label="Sampler")
-                steps = gr.Slider(1, studio.config.limits.max_steps, value=start.steps, step=1, label="Steps", elem_id="sweep-steps")
+                steps = gr.Number(value=start.steps, label="Steps", info=f"1-{studio.config.limits.max_steps}",
+                                  elem_id="sweep-steps")
             with gr.Row():
-                seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random; row r uses seed + r")
+                seed = gr.Number(value=-1, label="Seed", info="-1 = random; row r uses seed + r")
                 rows = gr.Slider(1, MAX_SIDE, value=4, step=1, label="Rows (seeds)", elem_id="sweep-rows")
             scales = gr.Textbox(value="1, 3, 5, 7", label="Guidance scales (columns)", info=f"comma-separated, up to {MAX_SIDE}",
                                 elem_id="sweep-scales")
@@ -50,15 +51,19 @@ def build(studio: Studio) -> None:
             plot = gr.LinePlot(x="scale", y="value", color="metric", label="Adherence and diversity against scale",
                                x_title="guidance scale", y_title="value", y_lim=[0, 1], elem_id="sweep-plot")
 
-    def run(model, prompt, negative, sampler, steps, seed, rows, scales_text, axis_name, values_text):
-        base = Txt2ImgRequest(model=model or "", prompt=prompt, negative_prompt=negative, sampler=sampler, steps=int(steps),
-                              seed=int(seed if seed is not None else -1))
+    # The API's parameter names are this function's.
+    def run(model: str, prompt: str | None = None, negative_prompt: str | None = None, sampler: str = "", steps: float = 25,
+            seed: float = -1, rows: float = 4, scales: str = "", row_axis: str = "seed", row_values: str | None = None,
+            request: gr.Request = None):
         shown: dict[tuple[int, int], Image.Image] = {}
         labels = {"rows": [], "cols": []}
 
         def events():
             # Parsing happens here so bad input reaches the status line through guarded().
-            req = SweepRequest(base, parse_scales(scales_text), axis_name, parse_axis_values(axis_name, values_text), int(rows))
+            base = forms.request_from_form({"model": model or "", "prompt": prompt, "negative_prompt": negative_prompt,
+                                            "sampler": sampler, "steps": steps, "seed": seed})
+            req = SweepRequest(base, parse_scales(scales), row_axis, parse_axis_values(row_axis, row_values),
+                               forms.number_field("rows", rows, 0))
             n_rows = req.rows if req.axis == "seed" else len(req.values)
             labels["cols"] = [f"CFG {s:g}" for s in req.scales]
             labels["rows"] = [""] * n_rows
@@ -70,11 +75,11 @@ def build(studio: Studio) -> None:
                                      f"{studio.config.outputs_dir}", "ok")}
 
         yield {grid: None, table: pd.DataFrame(columns=TABLE_HEADERS), progress: status("Starting…")}
-        yield from grid_job_updates(events(), shown, labels, grid, progress, on_summary)
+        yield from grid_job_updates(events(), shown, labels, grid, progress, on_summary, request, studio.manager)
 
     run_btn.click(run, [model, prompt, negative, sampler, steps, seed, rows, scales, axis, values], [grid, progress, table, plot],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="sweep")
-    stop.click(studio.manager.request_stop, None, None, queue=False)
+    wire_stop(stop, studio.manager, progress)
 
 
 def summary_table(summary: SweepSummary) -> pd.DataFrame:
