@@ -29,6 +29,7 @@ class Limits:
     # A job whose measured cost would pass this many seconds is refused (before it starts when its speed is known,
     # else within its first step); 0: no limit.
     max_job_seconds: float = 1800.0
+    max_prompt_chars: int = 10_000  # longer prompts are refused (CLIP reads 77 tokens; each PNG stores the prompt)
     max_image_pixels: int = 40_000_000  # Pillow refuses larger images before decoding them (decompression bombs)
 
 

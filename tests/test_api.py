@@ -81,12 +81,14 @@ def test_generate_by_name_twice_then_with_one_setting_changed(client):
     ({"steps": 2.5}, "Steps must be a whole number"),
     ({"width": 4096, "height": 4096}, "must be between 32 and 2048"),
     ({"model": "/etc"}, "outside"),
+    ({"prompt": "a red star " * 100_000}, "characters; at most 10,000 are accepted"),
+    ({"cfg_start": 0.8, "cfg_end": 0.2}, "The CFG interval must satisfy"),
 ])
 def test_bad_values_raise_the_pages_message(client, values, message):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as e:
-        client.predict(prompt="a red star", **values, api_name="/generate")
+        client.predict(**{"prompt": "a red star", **values}, api_name="/generate")
     assert message in str(e.value)
 
 
@@ -120,6 +122,17 @@ def test_inverse_rejects_a_huge_seed_and_a_corrupt_image_with_messages(client, t
     with pytest.raises(AppError, match="not an image that can be read"):
         client.predict(image={"background": handle_file(str(broken)), "layers": [], "composite": None}, steps=2,
                        api_name="/inverse")
+
+
+def test_a_corrupt_image_for_the_control_maps_is_a_message(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    broken = tmp_path / "photo.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(AppError, match="photo.png is not an image that can be read"):
+        client.predict(prompt="a red star", cn1_source="canny", cn1_controlnet="shapes-v1-canny",
+                       cn1_image=handle_file(str(broken)), api_name="/controlnet_maps")
 
 
 def test_two_users_at_once_get_their_own_images_and_settings(served, tmp_path):

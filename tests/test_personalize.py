@@ -26,6 +26,7 @@ from studio.personalize import adapters, data, lora, tokens
 from tests.conftest import tiny_components
 
 ROOT = Path(__file__).resolve().parent.parent
+UNET_LAYERS = tuple(f".{t}" for t in lora.UNET_TARGETS + lora.CONV_TARGETS)
 
 
 def draw(k: int, size: int = 32, colour=(220, 30, 30)) -> Image.Image:
@@ -156,6 +157,10 @@ def test_lora_through_our_path_equals_diffusers_and_the_next_job_is_clean(pmanag
     assert np.array_equal(image(pmanager, sampler="DDIM", guidance_scale=6.0), before)  # and is gone afterwards
     kohya = image(pmanager, sampler="DDIM", guidance_scale=6.0, loras=((str(folder / "blob.safetensors"), 0.7),))
     assert np.abs(kohya - ours).max() < 1e-4  # kohya's copy (alpha 8, rank 4) scales the same
+    layers = [adapters.lora_layers_of(pipe, pipe.lora_state_dict(str(folder), weight_name=name)[0])
+              for name in (lora.DIFFUSERS_FILE, "blob.safetensors")]
+    trained = sum(1 for n, _ in pipe.unet.named_modules() if n.endswith(UNET_LAYERS)) + 8  # + 2 layers x 4 in the text encoder
+    assert len(layers[0]) == len(layers[1]) == trained  # both files hold every layer (attention and convolutions)
     keys = load_file(str(folder / "blob.safetensors"))
     assert any(k.startswith("lora_unet_") for k in keys) and any(k.startswith("lora_te_") for k in keys)
     assert float(next(v for k, v in keys.items() if k.endswith(".alpha"))) == 8.0

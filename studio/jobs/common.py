@@ -27,6 +27,14 @@ def check_seed(seed: int) -> None:
         raise RequestError(f"Seed must be -1 (random) or between 0 and {MAX_SEED} (got {seed}).")
 
 
+def check_prompts(limits, **prompts: str) -> None:
+    """Refuse prompts past the limit (a 1 MB prompt was stored whole in every PNG); name the field."""
+    for name, text in prompts.items():
+        if len(text or "") > limits.max_prompt_chars:
+            raise RequestError(f"The {name.replace('_', ' ')} is {len(text):,} characters; at most "
+                               f"{limits.max_prompt_chars:,} are accepted (the text encoder reads far fewer).")
+
+
 def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
     """Text conditioning through the pipeline's own encoder code, so every model family encodes as diffusers does."""
     pipe, device = model.pipe, model.pipe._execution_device

@@ -16,7 +16,7 @@ from studio.errors import RequestError
 from studio.events import Notice, Result, Step
 from studio.inverse import dps
 from studio.inverse.operators import Operator, operator_class, settings_text
-from studio.jobs.common import MAX_SEED, Prepared, prepare, start_from, stream
+from studio.jobs.common import MAX_SEED, Prepared, check_prompts, prepare, start_from, stream
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import previews
 from studio.sampling.loop import Hooks, LoopState
@@ -131,6 +131,7 @@ def scores(clean: np.ndarray, out: np.ndarray, mask: torch.Tensor | None) -> dic
 def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notice | Result]:
     """DPS for the request's measurement (Steps, phase "dps"), then the baseline (phase "baseline" when it samples);
     the Result's images are DPS's, `named` holds the baseline, measurement, clean image and DPS's start."""
+    check_prompts(manager.config.limits, prompt=req.prompt)
     with manager.session():
         # 1. Model and measurement.
         model = manager.get(req.model)

@@ -10,7 +10,7 @@ from studio.config import DEFAULT_MODEL, Limits
 from studio.control.controlnet import ControlInput, build_units, control_hook, validate_controls
 from studio.errors import RequestError
 from studio.events import Notice, Result, Step
-from studio.jobs.common import check_seed, prepare, stream
+from studio.jobs.common import check_prompts, check_seed, prepare, stream
 from studio.manager import LoadedModel, ModelManager
 from studio.personalize import adapters
 from studio.sampling import guidance, previews
@@ -52,6 +52,7 @@ def validate(req: Txt2ImgRequest, limits: Limits) -> tuple[Txt2ImgRequest, list[
     """Refuse what cannot run; round what can (saying so). Returns the request to run and the notices."""
     notices: list[str] = []
     check_sampler(req.sampler)
+    check_prompts(limits, prompt=req.prompt, negative_prompt=req.negative_prompt, classifier_target=req.classifier_target)
     if not 0 <= req.shift <= MAX_SHIFT:
         raise RequestError(f"Shift must be 0 (the model's own) or above 0 and at most {MAX_SHIFT:g} (got {req.shift}).")
     if not 1 <= req.steps <= limits.max_steps:

@@ -115,8 +115,9 @@ def lora_layers_of(pipe, state: dict[str, torch.Tensor]) -> dict[str, dict[str, 
             part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
             if not hasattr(owner, "text_model"):  # transformers 5 flattened CLIPTextModel, as diffusers handles it
                 part = {k.removeprefix("text_model."): v for k, v in part.items()}
-        elif part and not any("lora_A" in k for k in part):
-            part = convert_unet_state_dict_to_peft(part)
+        else:  # key by key: a file may mix peft's names with diffusers' older ones
+            older = {k: v for k, v in part.items() if "lora_A" not in k and "lora_B" not in k}
+            part = {**{k: v for k, v in part.items() if k not in older}, **convert_unet_state_dict_to_peft(older)}
         for key, value in part.items():
             for suffix, role in LORA_SUFFIXES.items():
                 if key.endswith(suffix):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
@@ -77,10 +77,10 @@ def save_lora(folder: Path, name: str, unet, text_encoder, alpha: float, token: 
     folder.mkdir(parents=True, exist_ok=True)
     unet_layers = peft_layers(unet)
     text_layers = peft_layers(text_encoder) if getattr(text_encoder, "peft_config", None) else None
-    StableDiffusionPipeline.save_lora_weights(  # in diffusers' key format, as its training examples save
-        folder, unet_lora_layers=convert_state_dict_to_diffusers(unet_layers),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(text_layers) if text_layers else None,
-        weight_name=DIFFUSERS_FILE,
+    # peft's key names (lora_A / lora_B) for every layer: diffusers' older names cover only the attention
+    # projections, and a file mixing both loses layers (diffusers decides the format from the first key).
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, weight_name=DIFFUSERS_FILE,
         unet_lora_adapter_metadata=adapter_metadata(unet),
         text_encoder_lora_adapter_metadata=adapter_metadata(text_encoder) if text_layers else None,
     )

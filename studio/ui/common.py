@@ -28,6 +28,9 @@ CSS = """
 .status-error { color: #b42318; font-weight: 600; }
 .status-info { color: #475467; }
 .status-ok { color: #067647; font-weight: 600; }
+/* Galleries keep their columns with one image (Gradio spans a lone image over the whole width, zoomed and cropped). */
+.fixed-grid .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+.fixed-grid .caption-label { font-size: 11px; max-width: calc(100% - 8px); }
 """
 
 
@@ -148,8 +151,8 @@ def result_panel(prefix: str, progress_text: str = "") -> Outputs:
     progress = gr.Markdown(progress_text, elem_id=f"{prefix}status-line")
     used_seed = gr.Textbox(label="Seed used", interactive=False, placeholder="after a run", max_lines=1,
                            elem_id=f"{prefix}seed-used")
-    gallery = gr.Gallery(label="Finished images (saved with their settings)", columns=4, height=260, object_fit="contain",
-                         elem_id=f"{prefix}gallery", elem_classes=["pixelated"])
+    gallery = gr.Gallery(label="Finished images (saved with their settings)", columns=3, height=260, object_fit="contain",
+                         elem_id=f"{prefix}gallery", elem_classes=["pixelated", "fixed-grid"])
     infotext = gr.Textbox(label="Settings of the last image", lines=3, interactive=False)
     return Outputs(live, progress, gallery, gr.State([]), used_seed, infotext)
 
@@ -210,12 +213,13 @@ def compose_grid(cells: dict[tuple[int, int], Image.Image], row_labels: list[str
     w, h = first.width * factor, first.height * factor
     font = _font(14)
     left = max([110] + [int(font.getlength(t)) + 12 for t in row_labels])
-    top, gap = 24, 2
+    # Column headers sit low in a tall band: the page's image toolbar (download, full screen) covers the band's top.
+    top, gap, header_y = 44, 2, 24
     sheet = Image.new("RGB", (left + len(col_labels) * (w + gap), top + len(row_labels) * (h + gap)), "white")
     draw = ImageDraw.Draw(sheet)
     for c, text in enumerate(col_labels):
         x = left + c * (w + gap) + (w - font.getlength(text)) / 2
-        draw.text((x, 4), text, fill="black", font=font)
+        draw.text((x, header_y), text, fill="black", font=font)
     for r, text in enumerate(row_labels):
         draw.text((6, top + r * (h + gap) + h / 2 - 8), text, fill="black", font=font)
         for c in range(len(col_labels)):

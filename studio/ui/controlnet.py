@@ -107,8 +107,8 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
         pose_json = gr.Textbox(annotators.pose_to_json(preset_pose("waving"), (64, 64)), lines=3, max_lines=6,
                                label="Pose (OpenPose JSON; editable)", elem_id=f"cn{k}-pose-json")
         with gr.Row():
-            pose_file = gr.File(label="Load an OpenPose JSON file", file_types=[".json"], height=80)
-            photo = gr.Image(type="filepath", label="Detect from a photo", sources=["upload"], height=160)
+            pose_file = gr.File(label="Load an OpenPose JSON file", file_types=[".json"], height=150)
+            photo = gr.Image(type="filepath", label="Detect from a photo", sources=["upload"], height=150)
         detect_model = gr.Textbox(str(detect.find_openpose_model(studio.config.models_dir) or
                                       Path(studio.config.models_dir) / detect.DEFAULT_OPENPOSE_DIR_NAME),
                                   label="OpenPose model (folder or file) for detection")
@@ -118,8 +118,10 @@ def unit_panel(studio: Studio, k: int, nets: list[str]) -> Unit:
                          height=160, elem_id=f"cn{k}-ready")
     # Output only: a map the job showed is never sent back as an input (a shown image round-tripping as input made
     # the next click fail with "Image path is None").
-    control_map = gr.Image(type="numpy", label="Control map (what the ControlNet sees; download it)", interactive=False,
-                           height=220, buttons=["download"], elem_id=f"cn{k}-map", elem_classes=["pixelated", "control-map"])
+    # The label above the image, not floating over it (it hid the top of the map: a pose's head).
+    gr.Markdown("**Control map** (what the ControlNet sees; download it)")
+    control_map = gr.Image(type="numpy", show_label=False, interactive=False, height=220, buttons=["download"],
+                           elem_id=f"cn{k}-map", elem_classes=["pixelated", "control-map"])
     with gr.Row():
         scale = gr.Slider(0, MAX_CONTROL_SCALE, value=1.0, step=0.05, label="Conditioning scale", elem_id=f"cn{k}-scale")
         start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guidance start")

@@ -45,7 +45,7 @@ def build(studio: Studio) -> None:
             with gr.Accordion("Load settings from image", open=False):
                 # A file, read by the handler: a broken upload gets a message, not Gradio's bare "Error".
                 settings_png = gr.File(label="Drop a PNG made here, in A1111, or another tool", file_types=["image"],
-                                       type="filepath", height=90, elem_id="settings-png")
+                                       type="filepath", height=130, elem_id="settings-png")
         with gr.Column(scale=2):
             out = result_panel("", status(NO_MODEL_HELP.format(models=studio.config.models_dir)) if model_default is None else "")
     inputs = form.components()

@@ -63,7 +63,7 @@ def build(studio: Studio) -> None:
                 # message) and scales a large one down before the editor's canvas ever sees it (a 6000 px picture
                 # drawn into the canvas blocked the page for a minute).
                 upload = gr.File(label="Upload an image (large ones are scaled down)", file_types=["image"],
-                                 type="filepath", height=90, elem_id="inverse-upload", scale=2)
+                                 type="filepath", height=130, elem_id="inverse-upload", scale=2)
                 with gr.Column(scale=1, min_width=120):
                     sample_btn = gr.Button("Example image", elem_id="inverse-sample")
                     sample_index = gr.Number(value=0, label="Example", info="+1 each click")
