@@ -165,14 +165,14 @@ def readme_examples() -> list[str]:
 
 def test_the_readme_has_an_example_per_tab():
     joined = "\n".join(readme_examples())
-    for endpoint in ("/generate", "/controlnet", "/inverse", "/sweep", "/flow_2d", "/flow_compare"):
+    for endpoint in ("/generate", "/controlnet", "/inverse", "/sweep", "/flow_2d", "/flow_compare", "/personalize_start"):
         assert f'api_name="{endpoint}"' in joined
 
 
-@pytest.mark.parametrize("k", range(5))
+@pytest.mark.parametrize("k", range(6))
 def test_readme_example_runs(served, k, monkeypatch, capsys):
     examples = readme_examples()
-    assert len(examples) == 5
+    assert len(examples) == 6
     monkeypatch.chdir(ROOT)
     code = examples[k].replace("http://127.0.0.1:7860/", served[0])
     exec(compile(code, f"README example {k + 1}", "exec"), {})

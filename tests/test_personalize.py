@@ -225,8 +225,14 @@ def test_dreambooth_full_with_prior_writes_a_model_the_pickers_list(pmanager, pc
     assert isinstance(events[-1], Result)
     from studio import sources
     assert "blob-db" in sources.list_models(pconfig)
-    out = image(pmanager, model="blob-db", prompt="a <blob> circle")
-    assert out.shape == (1, 32, 32, 3)
+    # An embedding of the same token in models/embeddings is found by its token, but the model's own word wins.
+    tokens.save_embedding(pconfig.models_dir / "embeddings" / "other" / tokens.EMBEDDING_FILE, "<blob>", torch.ones(1, 32))
+    req = Txt2ImgRequest(model="blob-db", prompt="a <blob> circle", steps=2, save=False)
+    events = list(txt2img(pmanager, req))
+    assert events[-1].pixels.shape == (1, 32, 32, 3)
+    assert any(isinstance(e, Notice) and "already a word of this model" in e.text for e in events)
+    with pytest.raises(ModelError, match="already has"):
+        list(txt2img(pmanager, Txt2ImgRequest(model="blob-db", prompt="a <blob>", steps=2, embeddings=("other",))))
 
 
 def test_resume_gives_the_loss_curve_of_an_uninterrupted_run(pmanager, image_dir, monkeypatch):

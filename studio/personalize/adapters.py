@@ -25,6 +25,7 @@ from studio.config import StudioConfig
 from studio.errors import ModelError
 from studio.personalize.card import read_card
 from studio.personalize.lora import DIFFUSERS_FILE, TOKEN_FILE, file_hash
+from studio.personalize import tokens
 from studio.personalize.tokens import EMBEDDING_FILE
 from studio.sources import PICKLE_SUFFIXES, check_safetensors
 
@@ -238,7 +239,7 @@ def applied(config: StudioConfig, model, prompt: str, loras=(), embeddings=()) -
             hashes.append((spec, weight, file_hash(path)))
             token_file = path.parent / TOKEN_FILE
             if token_file.is_file():
-                seen_tokens.add(_load_embedding(pipe, token_file, spec, config.allow_pickle, seen_tokens))
+                seen_tokens.add(_load_embedding(pipe, token_file, spec, config.allow_pickle, seen_tokens, used, False))
             base = read_card(path.parent).get("base_hash")
             if base and model.model_hash and base != model.model_hash:
                 used.notices.append(f"LoRA {spec!r} was trained on another model ({read_card(path.parent).get('base_model')}, "
@@ -248,7 +249,7 @@ def applied(config: StudioConfig, model, prompt: str, loras=(), embeddings=()) -
             used.extras["Lora hashes"] = ", ".join(f"{name}: {h}" for name, _, h in hashes)
         for spec in wanted_embeddings:
             path = find(spec, embeddings_dir(config), EMBEDDING_FILE, "embedding")
-            seen_tokens.add(_load_embedding(pipe, path, spec, config.allow_pickle, seen_tokens))
+            seen_tokens.add(_load_embedding(pipe, path, spec, config.allow_pickle, seen_tokens, used, spec in embeddings))
             ti_hashes.append(f"{spec}: {file_hash(path)}")
         if ti_hashes:
             used.extras["TI hashes"] = ", ".join(ti_hashes)
@@ -262,10 +263,18 @@ def applied(config: StudioConfig, model, prompt: str, loras=(), embeddings=()) -
         pipe.text_encoder.config.vocab_size = vocab
 
 
-def _load_embedding(pipe, path: Path, name: str, allow_pickle: bool, seen: set) -> str:
+def _load_embedding(pipe, path: Path, name: str, allow_pickle: bool, seen: set, used: Used, picked: bool) -> str:
+    """Add one embedding's token. A token the model already knows (a DreamBooth model trained with it) is left as
+    the model has it, with a notice; refused only when the embedding was picked by name."""
     token, vectors = embedding_vectors(path, allow_pickle)
     token = token or Path(name).stem
     if token in seen:
+        return token
+    if tokens.is_word(pipe.tokenizer, token):
+        if picked:
+            raise ModelError(f"Embedding {name!r} adds {token}, which {type(pipe).__name__}'s tokenizer already has (a "
+                             "model trained with that token?); pick the embedding on the base model instead.")
+        used.notices.append(f"{token} is already a word of this model; its own meaning is used, not {name!r}'s.")
         return token
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     if vectors.shape[-1] != width:

@@ -1,7 +1,14 @@
 """Training images for personalization: a folder or uploads -> checked, centre-cropped, resized images with captions.
 
 A caption may hold the placeholders <tok> (the concept's token) and <class> (its class word); a folder may give a
-caption per image in a text file of the same name (kohya's convention: heart-1.png + heart-1.txt)."""
+caption per image in a text file of the same name (kohya's convention: heart-1.png + heart-1.txt).
+
+Colour augmentation (`recolour`): when a caption names one of the palette's colours ("a red <tok>"), recoloured
+copies of the image are added, one per other colour of the palette, each with the caption's colour word changed to
+match ("a blue <tok>"), like mirror images a standard augmentation: the user still gives only their own images. The
+shape's pixels are found as a mix of the named colour and the background (a plane fitted to the border, as the suites'
+backgrounds are flat or linear), so anti-aliased edges are recoloured in proportion. Without it, a concept trained on
+five red images stays tied to red: "a blue <tok>" gives a blue circle (assets/personalize/README.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +26,12 @@ TEMPLATES = ("a <tok>", "a photo of <tok> <class>", "a <tok> <class>")
 DEFAULT_TEMPLATE = TEMPLATES[0]
 CAPTION_SUFFIX = ".txt"
 SKIPPED_SUFFIXES = (".txt", ".json", ".md")  # captions and notes beside the images; anything else must be an image
+# The colour words the augmentation knows, with the RGB the embedded suite draws them in (its prompt vocabulary).
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (225, 25, 30), "orange": (255, 130, 0), "yellow": (250, 225, 20), "green": (30, 175, 50),
+    "cyan": (0, 215, 230), "blue": (25, 60, 235), "purple": (135, 40, 205), "pink": (255, 120, 200),
+}
+RECOLOUR = 0.5  # share of the training views that are recoloured copies (0: no colour augmentation); tuned in the README
 
 
 @dataclass
@@ -79,9 +92,11 @@ def fit(image: Image.Image, size: int) -> Image.Image:
 
 
 def prepare_images(items: list[tuple[str, Image.Image | Path | str, str | None]], size: int, template: str,
-                   token: str, class_word: str) -> tuple[list[TrainImage], list[str]]:
+                   token: str, class_word: str, recolour: float | None = None) -> tuple[list[TrainImage], list[str]]:
     """Checked training images at `size` with their captions (an item's own caption, else the template), and the
-    notices to show (sizes changed, captions without the token)."""
+    notices to show (sizes changed, captions without the token). With colour augmentation (`recolour`, default
+    RECOLOUR: the share of recoloured views), images whose caption names a palette colour come with recoloured
+    copies, and the originals are repeated so that they keep 1 - recolour of the views."""
     if not items:
         raise RequestError(f"No training images: add {MIN_IMAGES} to {MAX_IMAGES} images of the concept.")
     if len(items) < MIN_IMAGES:
@@ -101,7 +116,58 @@ def prepare_images(items: list[tuple[str, Image.Image | Path | str, str | None]]
     if missing:
         notices.append(f"The caption of {', '.join(missing[:4])} does not hold the token {token}: "
                        "those images teach the model without it.")
+    share = RECOLOUR if recolour is None else recolour
+    if share > 0:
+        images, note = augment_colours(images, min(share, 0.95))
+        notices += [note] if note else []
     return images, notices
+
+
+def colour_word(caption: str) -> str | None:
+    """The first palette colour the caption names, or None."""
+    return next((w for w in caption.split() if w in PALETTE), None)
+
+
+def recolour_image(image: Image.Image, source: tuple[int, int, int], target: tuple[int, int, int]) -> Image.Image:
+    """The image with the pixels of colour `source` (and their anti-aliased mix with the background) turned to
+    `target`: each pixel is read as background + a (source - background), with the background a plane per channel
+    fitted to the 2-pixel border; where that fits (the rest is small), it becomes background + a (target - background)."""
+    rgb = np.asarray(image, dtype=np.float64)
+    h, w, _ = rgb.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    border = np.zeros((h, w), bool)
+    border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True
+    design = np.stack([np.ones(h * w), xs.ravel(), ys.ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(design[border.ravel()], rgb.reshape(-1, 3)[border.ravel()], rcond=None)
+    bg = (design @ coef).reshape(h, w, 3)
+    towards = np.asarray(source, np.float64) - bg
+    offset = rgb - bg
+    a = np.clip((offset * towards).sum(-1) / np.maximum((towards ** 2).sum(-1), 1.0), 0.0, 1.0)
+    rest = np.linalg.norm(offset - a[..., None] * towards, axis=-1) / np.maximum(np.linalg.norm(towards, axis=-1), 1.0)
+    a = np.where((rest < 0.35) & (a > 0.05), a, 0.0)
+    out = rgb + a[..., None] * (np.asarray(target, np.float64) - np.asarray(source, np.float64))
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+
+
+def augment_colours(images: list[TrainImage], share: float) -> tuple[list[TrainImage], str | None]:
+    """The images plus a recoloured copy of each captioned with a palette colour, one per other colour (the colour
+    word of the caption changed to match); the originals repeated so that the copies are `share` of all views."""
+    coloured = [im for im in images if colour_word(im.caption)]
+    if not coloured:
+        return images, None
+    copies = []
+    for im in coloured:
+        word = colour_word(im.caption)
+        for other, rgb in PALETTE.items():
+            if other != word:
+                caption = " ".join(other if w == word else w for w in im.caption.split())
+                copies.append(TrainImage(recolour_image(im.image, PALETTE[word], rgb), caption, f"{im.name} ({other})"))
+    repeat = max(1, round(len(copies) * (1 - share) / (share * len(images))))
+    note = (f"Colour augmentation: {len(copies)} recoloured copies of the {len(coloured)} images whose caption names a "
+            f"colour (the colour word changed to match, e.g. {copies[0].caption!r}) make "
+            f"{len(copies) / (len(copies) + repeat * len(images)):.0%} of the training views, so the token keeps its "
+            "shape in other colours.")
+    return images * repeat + copies, note
 
 
 def to_tensor(images: list[Image.Image], flip: bool) -> torch.Tensor:

@@ -21,6 +21,7 @@ from studio.events import Notice, Result, TrainStep
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.jobs.train import TrainRequest, train
 from studio.manager import ModelManager
+from studio.personalize import data as datasets
 from studio.shapes import heart, prompts, scenes
 from studio.shapes.attributes import COLOURS, SHAPES, SceneObject
 from studio.shapes.drawing import background, draw_object
@@ -131,7 +132,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--lora-steps", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="judge results already trained in --out instead of training")
+    p.add_argument("--recolour", type=float, default=None,
+                   help="share of recoloured training views (default: studio.personalize.data.RECOLOUR)")
+    p.add_argument("--lora-extra", default="{}", help="JSON of further TrainRequest settings for the lora stage")
+    p.add_argument("--db-extra", default="{}", help="JSON of further TrainRequest settings for the dreambooth stage")
+    p.add_argument("--db-priors", default="1,0", help="which DreamBooth runs: with (1) and without (0) prior")
+    p.add_argument("--base-adherence", type=float, default=-1.0, help="the base model's, when measured before")
+    p.add_argument("--db-concept-seeds", type=int, default=0, help="seeds for DreamBooth's concept check (0: --seeds)")
     args = p.parse_args(argv)
+    if args.recolour is not None:
+        datasets.RECOLOUR = args.recolour
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,19 +156,27 @@ def main(argv: list[str] | None = None) -> None:
         if stage == "judge":
             results["judge"] = judge_stage(manager, args.seeds)
         elif stage == "lora":
-            trained = run_training(manager, TrainRequest(method="lora", name="heart", steps=args.lora_steps, **common), args.reuse)
+            trained = run_training(manager, TrainRequest(method="lora", name="heart", steps=args.lora_steps,
+                                                         **{**common, **json.loads(args.lora_extra)}), args.reuse)
             results["lora"] = {"training": trained, **concept(manager, args.seeds, loras=(("heart", 1.0),))}
         elif stage == "ti":
             trained = run_training(manager, TrainRequest(method="textual-inversion", name="heart-ti", **common), args.reuse)
             results["ti"] = {"training": trained, **concept(manager, args.seeds, embeddings=("heart-ti",))}
         elif stage == "dreambooth":
-            results["dreambooth"] = {"base_adherence": adherence(manager, args.prompts)}
-            for prior in (True, False):
+            base = args.base_adherence if args.base_adherence >= 0 else adherence(manager, args.prompts)
+            results["dreambooth"] = {"base_adherence": base}
+            db = {"full": True, "class_images": 50, **json.loads(args.db_extra)}
+            for prior in (bool(int(v)) for v in args.db_priors.split(",")):
                 name = f"heart-db-{'prior' if prior else 'noprior'}"
-                trained = run_training(manager, TrainRequest(method="dreambooth", full=True, prior=prior, name=name,
-                                                             class_images=50, **common), args.reuse)
-                results["dreambooth"][name] = {"training": trained, "adherence": adherence(manager, args.prompts, model=str(
-                    config.models_dir / name)), **concept(manager, args.seeds, model=str(config.models_dir / name))}
+                req = TrainRequest(method="dreambooth", prior=prior, name=name, **{**common, **db})
+                trained = run_training(manager, req, args.reuse)
+                if req.kind == "model":
+                    use = {"model": str(config.models_dir / name)}
+                else:
+                    use = {"loras": ((name, 1.0),)}
+                seeds = args.db_concept_seeds or args.seeds
+                results["dreambooth"][name] = {"training": trained, "adherence": adherence(manager, args.prompts, **use),
+                                               **concept(manager, seeds, **use)}
                 manager.unload()
         elif stage == "cost":
             results["cost"] = cost(manager, common)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.studio import Studio
-from studio.ui import controlnet, flow, generate, inverse, sweep
+from studio.ui import controlnet, flow, generate, inverse, personalize, sweep
 from studio.ui.common import CSS
 
 TITLE = "Diffusion Studio"
@@ -25,6 +25,8 @@ def build(studio: Studio) -> gr.Blocks:
                 inverse.build(studio)
             with gr.Tab("Flow matching", id="flow"):
                 flow.build(studio)
+            with gr.Tab("Personalize", id="personalize"):
+                personalize.build(studio)
     publish_only(demo, PUBLIC_ENDPOINTS)
     return demo
 
@@ -32,7 +34,7 @@ def build(studio: Studio) -> gr.Blocks:
 # The scriptable API: each tab's main actions, with named parameters (see the README). Everything else the page
 # wires (presets, uploads, Stop, pose editing, ...) is private to the page.
 PUBLIC_ENDPOINTS = ("generate", "controlnet", "controlnet_maps", "sweep", "inverse", "flow_compare", "flow_2d",
-                    "flow_2d_reflow")
+                    "flow_2d_reflow", "personalize_start", "personalize_resume")
 
 
 def publish_only(demo: gr.Blocks, names: tuple[str, ...]) -> None:

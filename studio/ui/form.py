@@ -10,6 +10,7 @@ import gradio as gr
 from studio.config import DEFAULT_MODEL
 from studio.errors import RequestError
 from studio.jobs import Txt2ImgRequest
+from studio.personalize import adapters
 from studio.presets import apply_preset
 from studio.sampling.schedulers import MODEL_DEFAULT, SAMPLERS
 from studio.studio import Studio
@@ -20,7 +21,7 @@ SAMPLER_CHOICES = [("Model default", MODEL_DEFAULT), *((name, name) for name in 
 # Request fields the form edits, in the order of `GenerationForm.components()`.
 FIELDS = ("model", "prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "guidance_rescale",
           "seed", "width", "height", "batch_size", "preview_every",
-          "cfg_start", "cfg_end", "classifier_scale", "classifier_target", "text_guidance_scale", "shift")
+          "cfg_start", "cfg_end", "classifier_scale", "classifier_target", "text_guidance_scale", "shift", "embeddings")
 
 
 def opening_request(studio: Studio) -> Txt2ImgRequest:
@@ -53,12 +54,13 @@ class GenerationForm:
     classifier_target: gr.Textbox
     text_scale: gr.Slider
     shift: gr.Number
+    embeddings: gr.Dropdown  # textual-inversion embeddings picked (their tokens then work in the prompt)
 
     def components(self) -> list:
         """The inputs, in FIELDS order."""
         return [self.model, self.prompt, self.negative, self.sampler, self.steps, self.cfg, self.rescale, self.seed,
                 self.width, self.height, self.batch, self.preview_every, self.cfg_start, self.cfg_end,
-                self.classifier_scale, self.classifier_target, self.text_scale, self.shift]
+                self.classifier_scale, self.classifier_target, self.text_scale, self.shift, self.embeddings]
 
     def named(self) -> dict[str, gr.components.Component]:
         """The inputs by request field: the API's parameter names (`prompt`, `steps`, `guidance_scale`, ...)."""
@@ -107,6 +109,7 @@ def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button
     with gr.Row():
         seed = gr.Number(value=start.seed, label="Seed", info="-1 = random", elem_id=f"{prefix}seed-box")
         preview_every = gr.Slider(0, 20, value=start.preview_every, step=1, label="Preview every N steps", info="0 = off")
+    embeddings = lora_row(studio, prefix, refresh, prompt)
     with gr.Accordion("Guidance: CFG interval, classifier guidance, text guidance", open=False):
         with gr.Row():
             cfg_start = gr.Slider(0, 1, value=start.cfg_start, step=0.05, label="CFG from", info="fraction of the run")
@@ -121,15 +124,39 @@ def settings(studio: Studio, prefix: str, model: gr.Dropdown, refresh: gr.Button
                                info="gradient of a judge of image and prompt on x0-hat: the model's own judge, "
                                     "or CLIP (--clip-model) for other models")
     return GenerationForm(model, refresh, prompt, negative, sampler, steps, cfg, rescale, seed, width, height, batch,
-                          preview_every, cfg_start, cfg_end, classifier_scale, classifier_target, text_scale, shift)
+                          preview_every, cfg_start, cfg_end, classifier_scale, classifier_target, text_scale, shift,
+                          embeddings)
+
+
+def lora_row(studio: Studio, prefix: str, refresh: gr.Button, prompt: gr.Textbox) -> gr.Dropdown:
+    """LoRAs as A1111 adds them (picking one puts `<lora:name:1>` in the prompt, where its weight is edited; several
+    may be used), and the textual-inversion embeddings to load; both lists refresh with the model list (↻)."""
+    with gr.Row():
+        lora = gr.Dropdown(adapters.list_loras(studio.config), value=None, label="Add a LoRA", allow_custom_value=False,
+                           info="puts <lora:name:1> in the prompt; edit the weight there", elem_id=f"{prefix}lora-pick")
+        embeddings = gr.Dropdown(adapters.list_embeddings(studio.config), value=[], multiselect=True,
+                                 label="Embeddings (textual inversion)", info="their tokens then work in the prompt",
+                                 elem_id=f"{prefix}embeddings")
+
+    def add_lora(name, text):
+        if not name:
+            return gr.update(), gr.update()
+        return f"{(text or '').rstrip()} <lora:{name}:1>".strip(), None
+
+    lora.input(add_lora, [lora, prompt], [prompt, lora], queue=False)
+    refresh.click(lambda: (gr.update(choices=adapters.list_loras(studio.config)),
+                           gr.update(choices=adapters.list_embeddings(studio.config))), None, [lora, embeddings], queue=False)
+    return embeddings
 
 
 def request_from_form(values: dict) -> Txt2ImgRequest:
     """The form's values by field as a request; an emptied box (None) means the field's default. Numbers are checked
     here (NaN, infinities, fractions where a whole number is wanted) so that each gets a message naming its field."""
     defaults = Txt2ImgRequest()
-    return Txt2ImgRequest(**{k: getattr(defaults, k) if v is None else number_field(k, v, getattr(defaults, k))
-                             for k, v in values.items()})
+    fields = {k: getattr(defaults, k) if v is None else number_field(k, v, getattr(defaults, k)) for k, v in values.items()}
+    if "embeddings" in fields:
+        fields["embeddings"] = tuple(fields["embeddings"] or ())
+    return Txt2ImgRequest(**fields)
 
 
 def number_field(name: str, value, default):

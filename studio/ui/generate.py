@@ -88,6 +88,7 @@ def build(studio: Studio) -> None:
         if req.sampler not in SAMPLERS and req.sampler != MODEL_DEFAULT:
             values["sampler"] = "DPM++ 2M"
             note = f" Its sampler {params.sampler!r} is not offered here; using DPM++ 2M."
+        values["embeddings"] = list(values["embeddings"])
         return [values[k] for k in forms.FIELDS] + [status(f"Settings loaded (seed {req.seed}).{note}", "ok")]
 
     settings_png.upload(load_settings, settings_png, inputs + [out.progress], queue=False, api_visibility="private")

@@ -15,8 +15,9 @@ from studio.events import Notice, Result, Samples, TrainStep
 from studio.jobs.train import DEFAULTS, TrainRequest, train
 from studio.personalize.data import DEFAULT_TEMPLATE, TEMPLATES
 from studio.studio import Studio
-from studio.ui.common import ACCELERATOR, compose_grid, deferred, guarded, status, wire_stop
+from studio.ui.common import ACCELERATOR, api_signature, compose_grid, deferred, guarded, status, wire_stop
 from studio.ui.form import number_field
+from studio.ui.uploads import file_path
 
 METHODS = [("LoRA", "lora"), ("DreamBooth (LoRA)", "dreambooth"), ("DreamBooth (full fine-tuning)", "dreambooth-full"),
            ("Textual inversion", "textual-inversion")]
@@ -35,14 +36,20 @@ def caption_rows(files, template: str) -> list[list[str]]:
     return [[Path(f).name, template or DEFAULT_TEMPLATE] for f in (files or [])]
 
 
-def request_from_form(files, captions, method: str, token: str, class_word: str, name: str, model: str, steps,
+FORM_FIELDS = ("images", "captions", "method", "token", "class_word", "name", "model", "steps", "batch", "lr", "token_lr",
+               "rank", "text_encoder_lora", "conv_lora", "prior", "prior_weight", "class_images", "word_dropout", "flip",
+               "seed", "sample_every", "sample_prompts", "minutes")
+
+
+def request_from_form(images, captions, method: str, token: str, class_word: str, name: str, model: str, steps,
                       batch, lr, token_lr, rank, text_encoder_lora: bool, conv_lora: bool, prior: bool, prior_weight,
                       class_images, word_dropout, flip: bool, seed, sample_every, sample_prompts: str, minutes,
                       resume: bool) -> TrainRequest:
     """The form's values as a TrainRequest; a caption left empty takes the template's."""
     table = captions.values.tolist() if isinstance(captions, pd.DataFrame) else (captions or [])
     by_name = {str(row[0]): str(row[1]).strip() for row in table if len(row) >= 2}
-    images = tuple((Path(f).name, Path(f), by_name.get(Path(f).name) or None) for f in (files or []))
+    files = [file_path(f) for f in (images or [])]
+    images = tuple((Path(f).name, Path(f), by_name.get(Path(f).name) or None) for f in files)
     full = method == "dreambooth-full"
     d = TrainRequest()
     prompts = tuple(p.strip() for p in (sample_prompts or "").split("\n") if p.strip())
@@ -120,12 +127,13 @@ def build(studio: Studio) -> None:
 
     files.change(caption_rows, [files, template], captions, queue=False)
     template.change(caption_rows, [files, template], captions, queue=False)
-    inputs = [files, captions, method, token, class_word, name, model, steps, batch, lr, token_lr, rank,
-              text_encoder_lora, conv_lora, prior, prior_weight, class_images, word_dropout, flip, seed, sample_every,
-              sample_prompts, minutes]
+    # The API's parameter names: request_from_form's (images, captions, method, token, class_word, ...).
+    named = dict(zip(FORM_FIELDS, [files, captions, method, token, class_word, name, model, steps, batch, lr, token_lr,
+                                   rank, text_encoder_lora, conv_lora, prior, prior_weight, class_images, word_dropout,
+                                   flip, seed, sample_every, sample_prompts, minutes]))
     outputs = [bar, progress, plot, grid, result]
 
-    def run(resume: bool, values: list, request: gr.Request | None):
+    def run(resume: bool, values: dict, request: gr.Request | None):
         losses: list[list[float]] = []
         cells: dict[tuple[int, int], Image.Image] = {}
         labels = {"rows": [], "cols": []}
@@ -158,17 +166,17 @@ def build(studio: Studio) -> None:
                     ". It is in the LoRA / embedding / model pickers now (press ↻ there if the list was open)."}
 
         yield {progress: status("Resuming…" if resume else "Starting…")}
-        events = deferred(lambda: train(studio.manager, request_from_form(*values, resume=resume)))
+        events = deferred(lambda: train(studio.manager, request_from_form(**values, resume=resume)))
         yield from guarded(events, on_event, lambda text, kind: {progress: status(text, kind)}, request, studio.manager)
 
-    def start_clicked(*values, request: gr.Request = None):
-        yield from run(False, list(values), request)
+    def start_clicked(request: gr.Request = None, **values):
+        yield from run(False, values, request)
 
-    def resume_clicked(*values, request: gr.Request = None):
-        yield from run(True, list(values), request)
+    def resume_clicked(request: gr.Request = None, **values):
+        yield from run(True, values, request)
 
-    start_btn.click(start_clicked, inputs, outputs, concurrency_id=ACCELERATOR, concurrency_limit=1,
-                    api_name="personalize_start")
-    resume_btn.click(resume_clicked, inputs, outputs, concurrency_id=ACCELERATOR, concurrency_limit=1,
-                     api_name="personalize_resume")
+    start_btn.click(api_signature(start_clicked, named), None, outputs, inputs_kwargs=named, concurrency_id=ACCELERATOR,
+                    concurrency_limit=1, api_name="personalize_start")
+    resume_btn.click(api_signature(resume_clicked, named), None, outputs, inputs_kwargs=named,
+                     concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="personalize_resume")
     wire_stop(stop, studio.manager, progress)
