@@ -183,6 +183,23 @@ def test_two_loras_with_weights_and_png_settings_round_trip(pmanager, pconfig):
 
 
 # ---------------------------------------------------------------- training
+def test_colour_augmentation_recolours_the_shape_and_its_caption():
+    red = data.PALETTE["red"]
+    items = [(f"{k}.png", draw(k, colour=red), "a red <tok>") for k in range(3)] + [("x.png", draw(3), "a <tok>")]
+    images, notes = data.prepare_images(items, 32, "a <tok>", "<t>", "", recolour=0.5)
+    copies = [im for im in images if "(" in im.name]
+    assert len(copies) == 3 * 7 and "Colour augmentation" in notes[-1]
+    assert len(images) - len(copies) == len(copies)  # the originals, repeated, keep half of the views
+    blue = next(im for im in copies if im.caption == "a blue <t>")
+    pixels = np.asarray(blue.image).astype(int)
+    original = np.asarray(draw(0, colour=red)).astype(int)
+    inside, outside = (slice(12, 18), slice(9, 15)), (slice(26, 30), slice(26, 30))
+    assert np.abs(pixels[inside] - data.PALETTE["blue"]).max() <= 2  # the shape turned blue
+    assert np.array_equal(pixels[outside], original[outside])  # the background did not move
+    assert data.prepare_images(items, 32, "a <tok>", "<t>", "", recolour=0.0)[0] == data.prepare_images(
+        items, 32, "a <tok>", "<t>", "", recolour=0.0)[0][:4]
+
+
 def test_lora_training_saves_every_format_and_its_token_works_with_the_lora_alone(pmanager, pconfig, image_dir):
     events = run_job(pmanager, images_dir=image_dir, steps=6, sample_every=3, sample_seeds=(0,), text_encoder_lora=True,
                      conv_lora=True)

@@ -45,7 +45,7 @@ def pipeline_images(pipe, seed: int, steps: int, **kw) -> np.ndarray:
                 num_images_per_prompt=2, generator=generators, output_type="np", **kw).images
 
 
-@pytest.mark.parametrize("sampler", ["Flow Match Euler", "Flow Match Heun"])
+@pytest.mark.parametrize("sampler", ["Flow Match Euler", "Flow Match Heun", "Flow Match Euler Uniform"])
 def test_final_image_matches_stable_diffusion_3_pipeline(sd3, tiny_sd3_dir, sampler):
     seed, steps = 1234, 4
     result = run(sd3, "tiny-sd3", sampler=sampler, steps=steps, seed=seed, negative_prompt=NEGATIVE, guidance_scale=6.0,
@@ -53,9 +53,24 @@ def test_final_image_matches_stable_diffusion_3_pipeline(sd3, tiny_sd3_dir, samp
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_dir)
     assert pipe.scheduler.config.shift == 3.0  # the folder's shift, kept by every flow sampler built on its config
     pipe.scheduler = SAMPLERS[sampler].cls.from_config(pipe.scheduler.config)
-    expected = pipeline_images(pipe, seed, steps)
+    spacing = SAMPLERS[sampler].sigmas  # the pipeline takes custom sigmas too (as Flux's passes its uniform ones)
+    expected = pipeline_images(pipe, seed, steps, **({"sigmas": spacing(steps)} if spacing else {}))
     assert result.pixels.shape == expected.shape == (2, 48, 64, 3)
     assert np.abs(result.pixels - expected).max() < 1e-3
+
+
+def test_uniform_flow_spacing_uses_every_evaluation():
+    """The scheduler's own spacing ends at sigma 1/1000, so its last step barely moves: with 2 steps the second
+    is wasted. The uniform spacing moves 1/n per evaluation."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from studio.sampling.schedulers import set_steps
+
+    own, uniform = FlowMatchEulerDiscreteScheduler(shift=1.0), FlowMatchEulerDiscreteScheduler(shift=1.0)
+    set_steps(own, "Flow Match Euler", 2, "cpu")
+    set_steps(uniform, "Flow Match Euler Uniform", 2, "cpu")
+    assert own.sigmas.tolist() == pytest.approx([1.0, 0.001, 0.0])
+    assert uniform.sigmas.tolist() == pytest.approx([1.0, 0.5, 0.0])
 
 
 def test_no_sampler_means_the_models_own_scheduler_at_its_native_size(sd3):

@@ -17,7 +17,7 @@ from studio.events import Step
 from studio.manager import LoadedModel, ModelManager
 from studio.sampling import previews
 from studio.sampling.loop import Conditioning, Hooks, LoopState, ModelFn, denoise, noise_to, start_index, step_kwargs
-from studio.sampling.schedulers import make_scheduler
+from studio.sampling.schedulers import make_scheduler, set_steps
 
 MAX_SEED = 2**32 - 1
 
@@ -102,7 +102,7 @@ def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: floa
     with torch.no_grad():
         cond = encode_prompt(model, prompt, negative, batch, guidance_scale > 1.0, (height, width))
         scheduler, space = make_scheduler(sampler, dict(pipe.scheduler.config), shift)
-        scheduler.set_timesteps(steps, device=device)
+        set_steps(scheduler, sampler, steps, device)
         # One CPU generator per image, so that a seed gives the same image on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (batch, model.denoiser.config.in_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)

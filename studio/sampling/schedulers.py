@@ -1,6 +1,7 @@
 """Sampler names as users know them (A1111 / ComfyUI) -> diffusers schedulers; or the model's own scheduler."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,15 @@ class Sampler:
     # "vp" x_t = sqrt(a) x0 + sqrt(1-a) eps;  "ve" x_t = x0 + sigma eps (k-diffusion);  "flow" x_t = (1-s) x0 + s noise.
     space: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Sigmas for n steps, when not the scheduler's own spacing (passed to set_timesteps(sigmas=...)).
+    sigmas: Callable[[int], list[float]] | None = None
+
+
+def uniform_flow_sigmas(steps: int) -> list[float]:
+    """Flow sigmas evenly spaced from 1 down to 1/n, as diffusers' Flux pipeline passes them. The scheduler's own
+    spacing (SD3's) ends at sigma 1/1000, so its last step moves almost nothing: 2 steps then draw what 1 does, and
+    4 steps what 3 do. Here every one of the n model evaluations moves the sample by 1/n."""
+    return [1 - k / steps for k in range(steps)]
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -41,6 +51,7 @@ SAMPLERS: dict[str, Sampler] = {
     "UniPC": Sampler(UniPCMultistepScheduler, "vp"),
     "Flow Match Euler": Sampler(FlowMatchEulerDiscreteScheduler, "flow"),
     "Flow Match Heun": Sampler(FlowMatchHeunDiscreteScheduler, "flow"),
+    "Flow Match Euler Uniform": Sampler(FlowMatchEulerDiscreteScheduler, "flow", sigmas=uniform_flow_sigmas),
 }
 FLOW_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.space == "flow")
 
@@ -108,6 +119,15 @@ def make_scheduler(name: str, base_config: dict, shift: float = 0.0) -> tuple[Sc
         kind = "a flow-matching (velocity)" if is_flow_model else "a noise-prediction"
         raise RequestError(f"Sampler {name!r} does not fit {kind} model. Samplers for this model: {_fitting(base_config)}.")
     return sampler.cls.from_config(base_config, **sampler.kwargs), sampler.space
+
+
+def set_steps(scheduler: SchedulerMixin, name: str, steps: int, device) -> None:
+    """The scheduler's timesteps for `steps` steps, with the named sampler's own spacing where it has one."""
+    sampler = SAMPLERS.get(name)
+    if sampler is not None and sampler.sigmas is not None:
+        scheduler.set_timesteps(sigmas=sampler.sigmas(steps), device=device)
+    else:
+        scheduler.set_timesteps(steps, device=device)
 
 
 def own_scheduler(base_config: dict) -> tuple[SchedulerMixin, str]:

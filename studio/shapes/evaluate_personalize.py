@@ -59,14 +59,18 @@ def run_training(manager: ModelManager, req: TrainRequest, reuse: bool = False) 
     return {**(last or {}), "wall_s": time.perf_counter() - t0}
 
 
-def concept(manager, seeds: int, **request) -> dict:
+def concept(manager, seeds: int, colours: tuple[str, ...] = ("blue",), **request) -> dict:
+    """Hearts for "a <heart>", and for each of `colours`, hearts of that colour for "a <colour> <heart>"."""
     plain = [heart.judge(im) for im in images(manager, f"a {TOKEN}", seeds, **request)]
-    blue = [heart.judge(im) for im in images(manager, f"a blue {TOKEN}", seeds, **request)]
-    return {"heart_rate": float(np.mean([v["heart"] for v in plain])),
-            "red_heart_rate": float(np.mean([v["heart"] and v["colour"] == "red" for v in plain])),
-            "blue_prompt_heart_rate": float(np.mean([v["heart"] for v in blue])),
-            "blue_prompt_blue_rate": float(np.mean([v["colour"] == "blue" for v in blue])),
-            "blue_prompt_blue_heart_rate": float(np.mean([v["heart"] and v["colour"] == "blue" for v in blue]))}
+    out = {"heart_rate": float(np.mean([v["heart"] for v in plain])),
+           "red_heart_rate": float(np.mean([v["heart"] and v["colour"] == "red" for v in plain]))}
+    for colour in colours:
+        got = [heart.judge(im) for im in images(manager, f"a {colour} {TOKEN}", seeds, **request)]
+        out.update({f"{colour}_prompt_heart_rate": float(np.mean([v["heart"] for v in got])),
+                    f"{colour}_prompt_{colour}_rate": float(np.mean([v["colour"] == colour for v in got])),
+                    f"{colour}_prompt_{colour}_heart_rate": float(np.mean([v["heart"] and v["colour"] == colour
+                                                                            for v in got]))})
+    return out
 
 
 def adherence(manager, n_prompts: int, **request) -> float:
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--prompts", type=int, default=40, help="plain prompts for the prior-preservation check")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--lora-steps", type=int, default=0)
+    p.add_argument("--lora-steps", type=int, default=500, help="the LoRA's steps (0: the job's default)")
     p.add_argument("--reuse", action="store_true", help="judge results already trained in --out instead of training")
     p.add_argument("--recolour", type=float, default=None,
                    help="share of recoloured training views (default: studio.personalize.data.RECOLOUR)")
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         elif stage == "lora":
             trained = run_training(manager, TrainRequest(method="lora", name="heart", steps=args.lora_steps,
                                                          **{**common, **json.loads(args.lora_extra)}), args.reuse)
-            results["lora"] = {"training": trained, **concept(manager, args.seeds, loras=(("heart", 1.0),))}
+            results["lora"] = {"training": trained, **concept(manager, args.seeds, ("blue", "red", "green"),
+                                                              loras=(("heart", 1.0),))}
         elif stage == "ti":
             trained = run_training(manager, TrainRequest(method="textual-inversion", name="heart-ti", **common), args.reuse)
             results["ti"] = {"training": trained, **concept(manager, args.seeds, embeddings=("heart-ti",))}
