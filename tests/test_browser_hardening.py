@@ -49,6 +49,9 @@ def test_out_of_range_steps_are_a_message_then_runs_twice_and_seed_used(app_url,
         page.wait_for_function(f"document.querySelectorAll('#gallery img').length === {k + 1}", timeout=120_000)
         page.locator("#status-line .status-ok").get_by_text("Done").wait_for(timeout=30_000)
         assert page.input_value("#seed-used input") == "31"
+        # One image keeps the gallery's columns (Gradio spread a lone image over the whole width, zoomed and cropped).
+        columns = page.evaluate("getComputedStyle(document.querySelector('#gallery .grid-container')).gridTemplateColumns")
+        assert len(columns.split()) == 3, columns
     page.fill("#seed-box input", "32")
     page.press("#seed-box input", "Tab")
     page.click("#generate-btn")

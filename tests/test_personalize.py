@@ -189,15 +189,14 @@ def test_colour_augmentation_recolours_the_shape_and_its_caption():
     images, notes = data.prepare_images(items, 32, "a <tok>", "<t>", "", recolour=0.5)
     copies = [im for im in images if "(" in im.name]
     assert len(copies) == 3 * 7 and "Colour augmentation" in notes[-1]
-    assert len(images) - len(copies) == len(copies)  # the originals, repeated, keep half of the views
+    assert abs(len(copies) / len(images) - 0.5) < 0.05 and "51% of the training views" in notes[-1]  # about half
     blue = next(im for im in copies if im.caption == "a blue <t>")
     pixels = np.asarray(blue.image).astype(int)
     original = np.asarray(draw(0, colour=red)).astype(int)
     inside, outside = (slice(12, 18), slice(9, 15)), (slice(26, 30), slice(26, 30))
     assert np.abs(pixels[inside] - data.PALETTE["blue"]).max() <= 2  # the shape turned blue
     assert np.array_equal(pixels[outside], original[outside])  # the background did not move
-    assert data.prepare_images(items, 32, "a <tok>", "<t>", "", recolour=0.0)[0] == data.prepare_images(
-        items, 32, "a <tok>", "<t>", "", recolour=0.0)[0][:4]
+    assert len(data.prepare_images(items, 32, "a <tok>", "<t>", "", recolour=0.0)[0]) == 4  # off: the images as given
 
 
 def test_lora_training_saves_every_format_and_its_token_works_with_the_lora_alone(pmanager, pconfig, image_dir):

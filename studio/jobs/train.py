@@ -28,7 +28,7 @@ METHODS = ("lora", "dreambooth", "textual-inversion")
 # Tuned on the embedded suite (see assets/personalize/README.md); LoRA's rank, alpha and Gaussian init, DreamBooth's
 # prior weight and the textual-inversion recipe (a new token initialised from the class word) as diffusers' examples.
 DEFAULTS = {
-    "lora": {"steps": 300, "lr": 1e-3, "token_lr": 5e-3},
+    "lora": {"steps": 500, "lr": 1e-3, "token_lr": 5e-3},
     "dreambooth": {"steps": 300, "lr": 1e-3, "token_lr": 5e-3},
     "dreambooth-full": {"steps": 400, "lr": 1e-4, "token_lr": 5e-3},
     "textual-inversion": {"steps": 400, "lr": 0.0, "token_lr": 5e-3},

@@ -27,6 +27,8 @@ RUNS = [
     (DEFAULT_MODEL, "DDIM", 4), (DEFAULT_MODEL, "DPM++ 2M", 4), (DEFAULT_MODEL, "UniPC", 4),
     (FLOW_MODEL, "Flow Match Euler", 4), (FLOW_MODEL, "Flow Match Euler", 8),
     (FLOW_MODEL, "Flow Match Euler", 2), (FLOW_MODEL, "Flow Match Euler", 1),
+    (FLOW_MODEL, "Flow Match Euler Uniform", 8), (FLOW_MODEL, "Flow Match Euler Uniform", 4),
+    (FLOW_MODEL, "Flow Match Euler Uniform", 2),
 ]
 
 
