@@ -99,10 +99,16 @@ def test_stop_ends_only_the_job_of_the_user_who_pressed_it(app_url):
         bob.click("#stop-btn")  # Bob has nothing running: his Stop must not end Alice's run
         bob.locator("#status-line").get_by_text("Nothing of yours is running").wait_for(timeout=10_000)
         alice.locator("#status-line .status-ok").get_by_text("Done").wait_for(timeout=180_000)
+        alice.locator("#steps-box input[type=number]").fill("200")  # long enough that Stop lands mid-run on any load
+        alice.locator("#steps-box input[type=number]").press("Tab")
         alice.click("#generate-btn")  # Alice's own Stop ends her run, and the seed it used is still shown
         alice.locator("#status-line").get_by_text("Step").wait_for(timeout=60_000)
         alice.click("#stop-btn")
-        alice.locator("#status-line").get_by_text("Stopped").wait_for(timeout=30_000)
+        try:
+            alice.locator("#status-line").get_by_text("Stopped").wait_for(timeout=90_000)
+        except Exception:
+            alice.screenshot(path="/tmp/stop_test_failure.png", full_page=True)  # for the next person to look at
+            raise
         assert alice.input_value("#seed-used input") != ""
         browser.close()
 

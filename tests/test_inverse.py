@@ -78,7 +78,8 @@ def test_dps_residual_is_far_below_the_unguided_one(suite_manager):
     ({"strength": 0.0}, "strength must be above 0"),
     ({"hole": np.zeros((32, 32), np.uint8)}, None),  # an empty painted mask falls back to the box: not an error
     ({"box": 0.0}, "no hole"),
-    ({"box": 1.0}, "covers the whole image"),
+    ({"box": 1.0}, "Box size must be between 0 and 0.9"),  # the registry's range, for scripts and the CLI too
+    ({"random_missing": 1.0}, "Random pixels missing must be between"),
     ({"image": "not an image"}, "not an image"),
     ({"operator": "deconvolution"}, "Unknown operator"),
 ])
