@@ -9,11 +9,11 @@ from PIL import Image, ImageDraw
 from test_browser import CHROMIUM, CHROMIUM_ARGS, app_url, page, pytestmark  # noqa: F401 - fixtures, skip mark
 
 
-def no_error_badges(page) -> bool:
+def no_error_badges(page) -> bool:  # noqa: F811
     return page.get_by_text("Error", exact=True).count() == 0
 
 
-def test_a_corrupt_png_for_settings_is_a_message_and_the_form_survives(app_url, page, tmp_path):
+def test_a_corrupt_png_for_settings_is_a_message_and_the_form_survives(app_url, page, tmp_path):  # noqa: F811
     url, _ = app_url
     page.goto(url)
     page.fill("#prompt-box textarea", "kept as typed")
@@ -26,7 +26,7 @@ def test_a_corrupt_png_for_settings_is_a_message_and_the_form_survives(app_url, 
     assert page.input_value("#prompt-box textarea") == "kept as typed"  # nothing the user typed is lost
 
 
-def test_out_of_range_steps_are_a_message_then_runs_twice_and_seed_used(app_url, page):
+def test_out_of_range_steps_are_a_message_then_runs_twice_and_seed_used(app_url, page):  # noqa: F811
     url, outputs = app_url
     before = len(list(outputs.glob("*.png")))
     page.goto(url)
@@ -65,7 +65,7 @@ def test_out_of_range_steps_are_a_message_then_runs_twice_and_seed_used(app_url,
     assert no_error_badges(page)
 
 
-def test_a_huge_upload_to_the_inverse_editor_is_scaled_down_at_once_and_said(app_url, page, tmp_path):
+def test_a_huge_upload_to_the_inverse_editor_is_scaled_down_at_once_and_said(app_url, page, tmp_path):  # noqa: F811
     url, _ = app_url
     big = Image.new("RGB", (6000, 6000), "white")
     ImageDraw.Draw(big).ellipse((1500, 1500, 4500, 4500), fill="red")
@@ -81,7 +81,7 @@ def test_a_huge_upload_to_the_inverse_editor_is_scaled_down_at_once_and_said(app
     assert no_error_badges(page)
 
 
-def test_stop_ends_only_the_job_of_the_user_who_pressed_it(app_url):
+def test_stop_ends_only_the_job_of_the_user_who_pressed_it(app_url):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
     url, _ = app_url
@@ -113,7 +113,7 @@ def test_stop_ends_only_the_job_of_the_user_who_pressed_it(app_url):
         browser.close()
 
 
-def test_the_controlnet_sketchpad_draws_without_picking_a_tool(app_url, page):
+def test_the_controlnet_sketchpad_draws_without_picking_a_tool(app_url, page):  # noqa: F811
     url, _ = app_url
     page.goto(url)
     page.get_by_role("tab", name="ControlNet", exact=True).click()
