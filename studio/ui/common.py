@@ -127,7 +127,10 @@ def wire_stop(button: gr.Button, manager, progress: gr.Markdown) -> None:
 
     def stop(request: gr.Request):
         if manager.request_stop(session_of(request)):
-            return status("Stopping…")
+            # A toast, not the status line: the job writes "Stopped at step i/n" there itself, and this answer may
+            # arrive after it (it did under load, leaving "Stopping…" over the final message).
+            gr.Info("Stopping…")
+            return gr.update()
         return status("Nothing of yours is running: Stop ends only the job you started.")
 
     button.click(stop, None, progress, queue=False, api_visibility="private")
