@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,10 @@ def config(tmp_path, tiny_model_dir) -> StudioConfig:
 @pytest.fixture()
 def manager(config) -> ModelManager:
     return ModelManager(config)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

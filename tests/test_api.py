@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from studio.config import ASSETS_MODELS, ASSETS_SAMPLES, StudioConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not (ASSETS_MODELS / "shapes-v1" / "model_index.json").is_file(),
                                 reason="embedded suite not built")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

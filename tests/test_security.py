@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 from PIL import Image
 
 import app
@@ -20,12 +21,6 @@ from studio.config import ASSETS_MODELS, StudioConfig
 from studio.errors import ModelError
 
 PASSWORD = "right-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ credentials and share links (items 11, 15)
