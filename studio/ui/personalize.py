@@ -121,8 +121,10 @@ def build(studio: Studio) -> None:
             progress = gr.Markdown("", elem_id="pz-status")
             plot = gr.LinePlot(pd.DataFrame(columns=["step", "loss"]), x="step", y="loss", label="Training loss",
                                x_title="step", y_title="loss", elem_id="pz-loss")
-            grid = gr.Image(label="Samples (fixed prompts and seeds) as training goes", type="pil", interactive=False,
-                            elem_id="pz-samples", elem_classes=["pixelated"])
+            # The label above the grid, not floating over its column headers.
+            gr.Markdown("**Samples** (fixed prompts and seeds) as training goes")
+            grid = gr.Image(show_label=False, type="pil", interactive=False, elem_id="pz-samples",
+                            elem_classes=["pixelated"])
             result = gr.Markdown("", elem_id="pz-result")
 
     files.change(caption_rows, [files, template], captions, queue=False)
