@@ -169,6 +169,8 @@ def _run(config, events, model_spec: str) -> list:
             elif isinstance(event, Result):
                 for path, seed in zip(event.paths, event.seeds * len(event.paths)):
                     print(f"saved {path}  seed {seed}", flush=True)
+                if event.engine:
+                    print(event.engine, file=sys.stderr, flush=True)
                 finals.append(event)
             elif isinstance(event, (SweepSummary, Maps)):
                 finals.append(event)
@@ -179,7 +181,20 @@ def _run(config, events, model_spec: str) -> list:
             raise ModelError(f"{e} Models found (in {config.assets_dir} and {config.models_dir}): {listed}. "
                              "Put weights in the models folder or pass --models-dir.") from e
         raise
+    _finish_engines(manager)
     return finals
+
+
+def _finish_engines(manager) -> None:
+    """An engine build started by this run (the first on this machine) is finished before exit, so the next run
+    starts on the fast path instead of starting it again."""
+    pending = [m.engines for m in manager.loaded_models() if m.engines is not None and m.engines.pending()]
+    if pending:
+        print("note: optimizing for this CPU (once per model and image size; later runs start fast)...",
+              file=sys.stderr, flush=True)
+        for engines in pending:
+            engines.wait()
+            print(engines.describe(), file=sys.stderr, flush=True)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -50,6 +50,10 @@ class StudioConfig:
     clip_model: Path | None = None  # a local CLIP folder (transformers CLIPModel) for text guidance of real models
     allow_any_path: bool = False  # False: model paths only inside models_dir and assets/ (the CLI sets True: a local tool)
     limits: Limits = field(default_factory=Limits)
+    # How the UNet and VAE decoder run on the CPU (studio.engines): eager here, so that library users and tests
+    # never export or compile; the app and CLI default to auto (STUDIO_ENGINE overrides).
+    engine: str = "eager"
+    cache_dir: Path = field(default_factory=lambda: ROOT / "cache")  # engine exports, compiled kernels
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -94,6 +98,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-any-path", action="store_true",
                    help="web app: load models from any path on the server, not only --models-dir and assets/ "
                         "(the command line always may)")
+    p.add_argument("--engine", default=os.environ.get("STUDIO_ENGINE", "auto"),
+                   choices=["auto", "eager", "compile", "onnx", "openvino"],
+                   help="how the UNet and VAE decoder run on the CPU: auto (the fastest valid installed engine, "
+                        "measured here; built in the background, cached), eager, compile, onnx or openvino")
+    p.add_argument("--cache-dir", type=Path, default=ROOT / "cache", help="where engine exports are cached")
     p.add_argument("--max-job-minutes", type=float, default=Limits.max_job_seconds / 60,
                    help="refuse a job whose measured cost would pass this (before it starts when its speed is known, "
                         "else in its first step); 0: no limit")
@@ -113,4 +122,6 @@ def config_from_args(args: argparse.Namespace) -> StudioConfig:
         clip_model=args.clip_model,
         allow_any_path=getattr(args, "allow_any_path", False),
         limits=Limits(max_job_seconds=60 * getattr(args, "max_job_minutes", Limits.max_job_seconds / 60)),
+        engine=getattr(args, "engine", "eager"),
+        cache_dir=getattr(args, "cache_dir", ROOT / "cache"),
     )

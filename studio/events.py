@@ -54,6 +54,7 @@ class Result:
     metrics: dict[str, float] = field(default_factory=dict)
     named: dict[str, Image.Image] = field(default_factory=dict)
     pixels: np.ndarray | None = None
+    engine: str = ""  # how the model ran (studio.engines: "Engine: ONNX Runtime 2.1x eager ...; 2 threads")
 
 
 @dataclass

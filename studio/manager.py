@@ -9,14 +9,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, SD3Transformer2DModel, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from studio import sources
+from studio import engines, sources
 from studio.config import StudioConfig
 from studio.errors import Cancelled, ModelError, StudioError
 from studio.judges import Judges
@@ -40,6 +40,19 @@ class LoadedModel:
     pipe: DiffusionPipeline
     nbytes: int
     model_hash: str
+    engines: engines.ModelEngines | None = None  # fast paths for plain UNet and decoder calls (studio.engines)
+    # Text conditioning of recent prompts (jobs.common.encode_prompt), valid while the text encoders are plain.
+    prompt_cache: OrderedDict = field(default_factory=OrderedDict)
+    tokenizers: tuple = ()  # the loaded tokenizers: a job that swaps one in (embeddings) has changed the encoding
+
+    def text_encoders_plain(self) -> bool:
+        """Whether the text encoders are as loaded: no LoRA in them, no embedding's tokenizer swapped in."""
+        names = ("tokenizer", "tokenizer_2", "tokenizer_3")
+        if len(self.tokenizers) != len(names) or any(getattr(self.pipe, n, None) is not t
+                                                       for n, t in zip(names, self.tokenizers)):
+            return False
+        return not any(getattr(getattr(self.pipe, n, None), "peft_config", None)
+                       for n in ("text_encoder", "text_encoder_2", "text_encoder_3"))
 
     @property
     def name(self) -> str:
@@ -77,6 +90,15 @@ class LoadedModel:
             data = json.loads(own.read_text())
             return data["factors"], data["bias"]
         return LATENT_RGB_FACTORS.get(self.family or "")
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """UNet-space latents -> images in [-1, 1], without gradients: through the decoder's engine when one is
+        built for this shape, else PyTorch (previews.vae_decode)."""
+        from studio.sampling import previews
+
+        with torch.no_grad():
+            fast = self.engines.call("decoder", latents) if self.engines is not None else None
+            return fast if fast is not None else previews.vae_decode(self.pipe.vae, latents)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -164,6 +186,10 @@ class ModelManager:
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
+    def loaded_models(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._loaded.values())
+
     # ------------------------------------------------------------ loading
     def get(self, spec: str) -> LoadedModel:
         """The loaded model for a spec, loading it (and freeing least recently used ones) when needed."""
@@ -179,8 +205,20 @@ class ModelManager:
             while self._loaded and sum(m.nbytes for m in self._loaded.values()) + model.nbytes > self.budget_bytes:
                 self._evict(next(iter(self._loaded)))
             self._place(pipe)
+            model.engines = self._engines_for(model)
+            model.tokenizers = tuple(getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "tokenizer_3"))
             self._loaded[key] = model
             return model
+
+    def _engines_for(self, model: LoadedModel) -> engines.ModelEngines | None:
+        """Engines for a UNet model's UNet and VAE decoder (SD3-class transformers run eagerly)."""
+        if denoiser_name(model.pipe) != "unet":
+            return None
+        location = Path(model.source.location)
+        files = [location] if location.is_file() else sorted(location.glob("unet/*.safetensors")) + sorted(
+            location.glob("vae/*.safetensors"))
+        parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
+        return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device)
 
     def _load(self, source: sources.ModelSource) -> DiffusionPipeline:
         kwargs = {"dtype": self.config.dtype}

@@ -27,6 +27,9 @@ from transformers import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run eagerly (the app and CLI they start too): exporting or compiling engines would only add CI time.
+# The engine tests ask for an engine by name.
+os.environ["STUDIO_ENGINE"] = "eager"
 
 from studio.config import StudioConfig  # noqa: E402
 from studio.manager import ModelManager  # noqa: E402

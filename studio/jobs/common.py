@@ -35,7 +35,26 @@ def check_prompts(limits, **prompts: str) -> None:
                                f"{limits.max_prompt_chars:,} are accepted (the text encoder reads far fewer).")
 
 
+PROMPT_CACHE_SIZE = 16
+
+
 def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
+    """Text conditioning, kept for the model's last few prompts (as ComfyUI and A1111 keep it: a new seed or
+    sampler does not encode the same prompt again), unless an embedding or LoRA changes the text encoders."""
+    key = (prompt, negative, batch, do_cfg, size if model.is_xl else None)
+    cacheable = model.text_encoders_plain()
+    if cacheable and key in model.prompt_cache:
+        model.prompt_cache.move_to_end(key)
+        return model.prompt_cache[key]
+    cond = _encode_prompt(model, prompt, negative, batch, do_cfg, size)
+    if cacheable:
+        model.prompt_cache[key] = cond
+        while len(model.prompt_cache) > PROMPT_CACHE_SIZE:
+            model.prompt_cache.popitem(last=False)
+    return cond
+
+
+def _encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
     """Text conditioning through the pipeline's own encoder code, so every model family encodes as diffusers does."""
     pipe, device = model.pipe, model.pipe._execution_device
     if model.is_sd3:
@@ -71,7 +90,13 @@ def model_fn(model: LoadedModel) -> ModelFn:
 
         return transformer
 
+    fast = model.engines
+
     def unet(x, t, embeds, added, control):
+        if fast is not None and not control and added is None:  # a plain call: an engine may run it
+            out = fast.call("unet", x, t.expand(x.shape[0]).float(), embeds)
+            if out is not None:
+                return out
         return denoiser(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **control)[0]
 
     return unet

@@ -195,15 +195,12 @@ def _prepare(model: LoadedModel, req: InverseRequest, size: int) -> Prepared:
 def _sample(manager: ModelManager, model: LoadedModel, req: InverseRequest, run: Prepared, hooks: Hooks,
             phase: str) -> Generator[Step, None, torch.Tensor]:
     """One run of the loop with the given hooks; yields Steps of `phase`, returns the decoded images in [-1, 1]."""
-    vae = model.pipe.vae
-
     def preview(state: LoopState):  # x0-hat and the current sample, decoded
-        return previews.to_pil(torch.cat([previews.vae_decode(vae, state.x0_hat.detach()[:1]),
-                                          previews.vae_decode(vae, state.next_latents[:1])]))
+        return previews.to_pil(torch.cat([model.decode(state.x0_hat.detach()[:1]), model.decode(state.next_latents[:1])]))
 
     latents = yield from stream(manager, model, run, req.guidance_scale, hooks=hooks, preview_every=req.preview_every,
                                 preview=preview, phase=phase)
-    return previews.vae_decode(vae, latents).float()
+    return model.decode(latents).float()
 
 
 def _save(manager: ModelManager, model: LoadedModel, req: InverseRequest, zeta: float, operator_settings: dict[str, str],

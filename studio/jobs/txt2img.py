@@ -202,7 +202,7 @@ def _sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest,
     latents = yield from stream(manager, model, run, req.guidance_scale, hooks=hooks, preview_every=req.preview_every,
                                 guidance_rescale=req.guidance_rescale, cfg_interval=(req.cfg_start, req.cfg_end), eta=req.eta)
     # 4. Decode, save with settings, report.
-    images = previews.vae_decode(model.pipe.vae, latents)
+    images = model.decode(latents)
     pixels = ((images.detach().float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
     pil = previews.to_pil(images)
     height, width = run.size
@@ -217,7 +217,8 @@ def _sample(manager: ModelManager, model: LoadedModel, req: Txt2ImgRequest,
         infotexts.append(metadata.format_parameters(params))
         if req.save:
             paths.append(metadata.save_png(image, params, manager.config.outputs_dir))
-    return Result(pil, infotexts, paths, run.seeds, {"seconds": time.perf_counter() - t0}, pixels=pixels)
+    return Result(pil, infotexts, paths, run.seeds, {"seconds": time.perf_counter() - t0}, pixels=pixels,
+                  engine=model.engines.describe() if model.engines else "")
 
 
 def _extras(req: Txt2ImgRequest, sampler: str, personal: dict[str, str]) -> dict[str, str]:

@@ -188,7 +188,8 @@ def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict
         final = str(event.paths[0]) if len(event.paths) == 1 else tile(event.images)
         return {out.live: final, out.gallery: shown, out.history: shown, out.used_seed: seeds_text(event.seeds),
                 out.infotext: event.infotexts[0],
-                out.progress: status(f"Done: {len(event.images)} image(s) in {event.metrics['seconds']:.1f} s{where}", "ok")}
+                out.progress: status(f"Done: {len(event.images)} image(s) in {event.metrics['seconds']:.1f} s{where}"
+                                     f"{' · ' + event.engine if event.engine else ''}", "ok")}
 
     def on_error(text: str, kind: str) -> dict:
         return {out.progress: status(text, kind)}

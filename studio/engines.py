@@ -1,0 +1,378 @@
+"""CPU engines for a loaded model's hot parts: the denoiser (a UNet) and the VAE decoder, run eagerly by PyTorch,
+or exported once to ONNX and run by ONNX Runtime or OpenVINO, or compiled by torch.compile.
+
+Built in the background, once per model, shape and machine, and cached (`<cache>/engines/<weights hash>/`): the
+first requests run eagerly ("optimizing for this CPU"); later ones use the fast path. A built engine is kept
+only if its output matches eager PyTorch's on the same input (max abs difference within `TOLERANCE`) and, with
+`auto`, only if it is faster than eager in a timing on this machine; the fastest valid one wins.
+
+The fast path is taken only for plain calls: on the CPU, without gradients (guidance and DPS need them), without
+ControlNet residuals or SDXL's added conditioning, and without a LoRA in the UNet. Anything else runs eagerly,
+so every feature works with every engine.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENGINES = ("auto", "eager", "compile", "onnx", "openvino")
+LABELS = {"eager": "PyTorch eager", "compile": "torch.compile", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
+AUTO_CANDIDATES = ("onnx", "openvino")  # torch.compile takes minutes per shape here: only when asked for by name
+TOLERANCE = 1e-3  # max abs difference from eager on the same input (fp32 engines differ by ~1e-6)
+TIMING_CALLS = 5
+
+
+def check_engine(name: str) -> str:
+    if name not in ENGINES:
+        raise ValueError(f"Unknown engine {name!r}. Known: {', '.join(ENGINES)}.")
+    return name
+
+
+def installed(name: str) -> bool:
+    """Whether an engine's runtime is importable (eager and compile come with PyTorch)."""
+    if name == "onnx":
+        return all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "onnxscript"))
+    if name == "openvino":
+        return all(importlib.util.find_spec(m) for m in ("openvino", "onnx", "onnxscript"))
+    return name in ("eager", "compile")
+
+
+def content_hash(files: list[Path]) -> str:
+    """A fingerprint of weight files' contents (headers alone are the same for two trainings of one architecture):
+    the whole file up to 256 MiB, else 16 MiB from each end, with the size."""
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(str(size).encode())
+        with open(f, "rb") as raw:
+            if size <= 256 * 2**20:
+                for chunk in iter(lambda: raw.read(2**22), b""):
+                    digest.update(chunk)
+            else:
+                digest.update(raw.read(2**24))
+                raw.seek(size - 2**24)
+                digest.update(raw.read(2**24))
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the parts, as modules with tensor-only inputs
+class UNetCall(torch.nn.Module):
+    """(sample, timestep per row, encoder_hidden_states) -> the UNet's output: the loop's plain call."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class DecoderCall(torch.nn.Module):
+    """UNet-space latents -> image in [-1, 1]: as previews.vae_decode (scaling and shift inside)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        self.scale = float(vae.config.scaling_factor)
+        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    def forward(self, latents):
+        return self.vae.decode(latents / self.scale + self.shift, return_dict=False)[0]
+
+
+@dataclass
+class Choice:
+    """What runs one part at one shape: the engine, its callable, and what was measured when it was chosen."""
+
+    engine: str
+    run: Callable[..., torch.Tensor] | None = None  # None: eager
+    build_s: float = 0.0
+    max_abs_diff: float = 0.0
+    speedup: float = 1.0  # eager seconds / engine seconds, measured here
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.run is None:
+            return "PyTorch eager" + (f" ({'; '.join(self.notes)})" if self.notes else "")
+        return (f"{LABELS[self.engine]} {self.speedup:.1f}x eager (max diff {self.max_abs_diff:.0e}, "
+                f"built in {self.build_s:.0f} s)")
+
+
+def _numpy_runner(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., torch.Tensor]:
+    def run(*tensors: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(fn([t.detach().float().contiguous().numpy() for t in tensors])))
+    return run
+
+
+def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], folder: Path) -> Path:
+    """torch.onnx's exporter (torch.export based), static shapes, with its graph optimizations, into `folder`
+    (model.onnx and its weights, model.onnx.data), made in a temporary folder and renamed when complete."""
+    path = folder / "model.onnx"
+    if path.is_file():
+        return path
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, inputs, str(tmp / "model.onnx"), dynamo=True, input_names=names,
+                              output_names=["out"], optimize=True, verbose=False, external_data=True)
+        tmp.replace(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def onnx_runner(path: Path, threads: int) -> Callable[..., torch.Tensor]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return _numpy_runner(lambda arrays: session.run(None, dict(zip(names, arrays)))[0])
+
+
+def openvino_runner(path: Path, threads: int, cache: Path) -> Callable[..., torch.Tensor]:
+    import openvino as ov
+
+    core = ov.Core()
+    # f32: on CPUs with bf16 units OpenVINO's default precision is bf16, which moved the UNet's output by 3e-2.
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                                                     "CACHE_DIR": str(cache)})
+    request = compiled.create_infer_request()
+    return _numpy_runner(lambda arrays: request.infer(arrays)[compiled.output(0)].copy())
+
+
+def compile_runner(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    compiled = torch.compile(module, dynamic=False)
+
+    def run(*tensors):
+        with torch.no_grad():
+            return compiled(*tensors)
+    return run
+
+
+def _time(fn: Callable[[], object], calls: int = TIMING_CALLS) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+# ---------------------------------------------------------------- one model's engines
+class ModelEngines:
+    """The engines of one loaded model: per (part, input shapes), a Choice once built; a background builder."""
+
+    def __init__(self, choice: str, cache_dir: Path, weights: list[Path], parts: dict[str, torch.nn.Module],
+                 device: str, threads: int | None = None):
+        self.choice = check_engine(choice)
+        self.device = device
+        self.parts = parts  # "unet": UNetCall, "decoder": DecoderCall (live modules: the eager path)
+        self.threads = threads or torch.get_num_threads()
+        self._weights = weights
+        self._cache_dir = Path(cache_dir)
+        self._ready: dict[tuple, Choice] = {}
+        self._pending: set[tuple] = set()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether any fast path can be used at all (an engine asked for, on the CPU)."""
+        return self.choice != "eager" and self.device == "cpu"
+
+    def candidates(self) -> list[str]:
+        names = list(AUTO_CANDIDATES) if self.choice == "auto" else [self.choice]
+        return [n for n in names if installed(n)]
+
+    def cache(self) -> Path:
+        if not hasattr(self, "_cache"):
+            self._cache = self._cache_dir / "engines" / content_hash(self._weights)
+        return self._cache
+
+    # ---------------------------------------------------------- calls
+    def call(self, part: str, *inputs: torch.Tensor) -> torch.Tensor | None:
+        """The part's output through the fast path if one is built for these shapes; else None (the caller runs
+        eagerly), after queueing a build for them."""
+        if not self.active or torch.is_grad_enabled() or any(t.device.type != "cpu" for t in inputs):
+            return None
+        if any(getattr(m, "peft_config", None) for m in self.parts[part].children()):
+            return None  # a LoRA is loaded for this job: the exported weights are the plain model's
+        key = (part, tuple(tuple(t.shape) for t in inputs))
+        if key not in self._ready:
+            self._request(key, inputs)  # loads a cached engine at once; else queues a build and runs eagerly
+        ready = self._ready.get(key)
+        return ready.run(*inputs).to(inputs[0].dtype) if ready is not None and ready.run is not None else None
+
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def wait(self, timeout: float = 600.0) -> None:
+        """Block until queued builds are done (tests, benches, `--engine-wait`)."""
+        t0 = time.monotonic()
+        while self._pending and time.monotonic() - t0 < timeout:
+            time.sleep(0.05)
+
+    def describe(self) -> str:
+        """One line for the page: the engine of each built part, the threads, or that building goes on."""
+        if not self.active:
+            why = "an engine needs the CPU device" if self.choice != "eager" and self.device != "cpu" else ""
+            return f"Engine: PyTorch eager{f' ({why})' if why else ''}, {torch.get_num_threads()} threads"
+        parts = {}
+        for (part, _shapes), choice in sorted(self._ready.items(), key=lambda kv: str(kv[0])):
+            parts.setdefault(part, choice.describe())
+        text = "; ".join(f"{part}: {d}" for part, d in parts.items()) or "PyTorch eager"
+        if self._pending:
+            text += f"; optimizing for this CPU ({', '.join(LABELS[n] for n in self.candidates()) or 'nothing installed'})"
+        return f"Engine: {text}; {self.threads} threads"
+
+    def built(self, part: str) -> Choice | None:
+        return next((c for (p, _), c in self._ready.items() if p == part), None)
+
+    def built_shapes(self, part: str) -> list[tuple]:
+        """The input shapes each built engine of a part serves."""
+        return [shapes for (p, shapes) in self._ready if p == part]
+
+    # ---------------------------------------------------------- building
+    def _record_path(self, key: tuple) -> Path:
+        return self.cache() / f"{self._stem(key)}.{self.choice}.t{self.threads}.json"
+
+    @staticmethod
+    def _stem(key: tuple) -> str:
+        part, shapes = key
+        return f"{part}-" + "_".join("x".join(map(str, s)) for s in shapes)
+
+    def _request(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> None:
+        with self._lock:
+            if key in self._pending or key in self._ready:
+                return
+            if not self.candidates():
+                self._ready[key] = Choice("eager", notes=[f"{self.choice} is not installed"])
+                return
+            record = self._read_record(key)
+            if record.get("chosen") == "eager":  # measured here before: no engine beat eager
+                self._ready[key] = Choice("eager", notes=record.get("notes", []))
+                return
+            if record.get("chosen") in self.candidates():
+                # Built and measured on this machine before: load it now (seconds at most), no re-timing.
+                try:
+                    self._ready[key] = self.load_recorded(key, inputs, record)
+                    return
+                except Exception:  # noqa: BLE001 - a stale or broken cache entry: build afresh below
+                    pass
+            self._pending.add(key)
+            self._queue.put((key, tuple(t.detach().clone() for t in inputs)))
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="engine-builder", daemon=True)
+                self._worker.start()
+
+    def _read_record(self, key: tuple) -> dict:
+        path = self._record_path(key)
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _work(self) -> None:
+        while True:
+            try:
+                key, inputs = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                return
+            try:
+                choice = self.build(key, inputs)
+            except Exception as e:  # noqa: BLE001 - a failed build leaves the part eager, with the reason shown
+                choice = Choice("eager", notes=[f"building failed: {type(e).__name__}: {str(e)[:200]}"])
+            with self._lock:
+                self._ready[key] = choice
+                self._pending.discard(key)
+
+    def _private(self, part: str) -> torch.nn.Module:
+        # A private copy: exporting or compiling must not touch the module that jobs are running. Without the
+        # live module's hooks (a job's Stop checks would otherwise fire inside the export).
+        module = copy.deepcopy(self.parts[part]).eval().requires_grad_(False)
+        for m in module.modules():
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
+        return module
+
+    def load_recorded(self, key: tuple, inputs: tuple[torch.Tensor, ...], record: dict) -> Choice:
+        """The engine chosen before for this part and shape, from the cache; checked once against eager."""
+        name = record["chosen"]
+        module = self._private(key[0])
+        run = self._runner(name, module, inputs, self._stem(key))
+        with torch.no_grad():
+            diff = float((run(*inputs) - module(*inputs)).abs().max())
+        if not diff <= TOLERANCE:
+            raise RuntimeError(f"cached {name} differs by {diff:.1e}")
+        entry = record[name]
+        return Choice(name, run, entry["build_s"], diff, entry["speedup"], notes=["cached"])
+
+    def build(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> Choice:
+        """Build each candidate engine for the part at these shapes, keep the valid ones, time them against eager
+        here, and pick the fastest (with `auto`, only if it beats eager); the choice is recorded in the cache."""
+        module = self._private(key[0])
+        with torch.no_grad():
+            reference = module(*inputs)
+        found: list[Choice] = []
+        notes = []
+        for name in self.candidates():
+            t0 = time.perf_counter()
+            try:
+                run = self._runner(name, module, inputs, self._stem(key))
+                with torch.no_grad():
+                    diff = float((run(*inputs) - reference).abs().max())
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"{LABELS[name]} failed: {type(e).__name__}: {str(e)[:120]}")
+                continue
+            if not diff <= TOLERANCE:
+                notes.append(f"{LABELS[name]} differs by {diff:.1e}")
+                continue
+            found.append(Choice(name, run, time.perf_counter() - t0, diff))
+        record: dict = {"notes": notes}
+        if found:
+            with torch.no_grad():
+                eager_s = _time(lambda: module(*inputs))
+            for choice in found:
+                choice.speedup = eager_s / _time(lambda c=choice: c.run(*inputs))
+            record.update({c.engine: {"build_s": round(c.build_s, 2), "speedup": round(c.speedup, 3),
+                                      "max_abs_diff": c.max_abs_diff} for c in found})
+            best = max(found, key=lambda c: c.speedup)
+            if self.choice == "auto" and best.speedup < 1.0:
+                notes.append(f"{LABELS[best.engine]} was slower here ({best.speedup:.2f}x)")
+                best = Choice("eager", notes=notes)
+        else:
+            best = Choice("eager", notes=notes or ["no engine could be built"])
+        record["chosen"] = best.engine
+        path = self._record_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+        return best
+
+    def _runner(self, name: str, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], stem: str):
+        if name == "compile":
+            run = compile_runner(module)
+            run(*inputs)  # compiles now, in the background (the inductor caches make a restart cheap)
+            return run
+        names = ["sample", "timestep", "encoder_hidden_states"] if stem.startswith("unet") else ["latents"]
+        path = export_onnx(module, inputs, names, self.cache() / stem)
+        if name == "onnx":
+            return onnx_runner(path, self.threads)
+        return openvino_runner(path, self.threads, self.cache() / "openvino")

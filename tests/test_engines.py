@@ -1,0 +1,113 @@
+"""CPU engines (studio.engines): built in the background from the model's own UNet and decoder, equal to eager,
+used for plain calls only, loaded from the cache after a restart; the prompt cache."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from studio import engines
+from studio.events import Result
+from studio.jobs import Txt2ImgRequest, txt2img
+from studio.jobs.common import encode_prompt
+from studio.manager import ModelManager
+from test_personalize import nonzero_lora
+
+pytest.importorskip("onnxruntime")
+
+
+def engine_config(config, tmp_path, engine="onnx"):
+    return dataclasses.replace(config, engine=engine, cache_dir=tmp_path / "cache")
+
+
+def run(manager, spec, **kw) -> Result:
+    req = Txt2ImgRequest(prompt="a red circle", model=str(spec), steps=4, guidance_scale=5.0, seed=7, preview_every=0,
+                         save=False, **kw)
+    return [e for e in txt2img(manager, req) if isinstance(e, Result)][-1]
+
+
+class Calls:
+    """Counts the eager forward calls of a module (the fast path does not go through it)."""
+
+    def __init__(self, module):
+        self.n = 0
+        self.handle = module.register_forward_hook(lambda *_: setattr(self, "n", self.n + 1))
+
+
+def pixels(result: Result) -> np.ndarray:
+    return np.asarray(result.images[0]).astype(int)
+
+
+def test_onnx_engine_is_built_in_the_background_matches_eager_and_is_then_used(config, tiny_model_dir, tmp_path):
+    manager = ModelManager(engine_config(config, tmp_path))
+    first = run(manager, tiny_model_dir)  # eager, while the engine builds
+    assert "optimizing for this CPU" in first.engine
+    model = manager.get(str(tiny_model_dir))
+    model.engines.wait()
+    assert not model.engines.pending()
+    unet_calls, decoder_calls = Calls(model.pipe.unet), Calls(model.pipe.vae.decoder)
+    second = run(manager, tiny_model_dir)
+    assert unet_calls.n == 0 and decoder_calls.n == 0  # both parts ran on ONNX Runtime
+    assert model.engines.built("unet").engine == "onnx" and model.engines.built("unet").max_abs_diff < 1e-4
+    assert "ONNX Runtime" in second.engine and "threads" in second.engine
+    assert np.abs(pixels(first) - pixels(second)).max() <= 1  # the same image (8-bit rounding at most)
+
+
+def test_a_restart_with_a_warm_cache_uses_the_engine_from_the_first_call(config, tiny_model_dir, tmp_path):
+    warm = ModelManager(engine_config(config, tmp_path))
+    run(warm, tiny_model_dir)
+    warm.get(str(tiny_model_dir)).engines.wait()
+    restarted = ModelManager(engine_config(config, tmp_path))
+    model = restarted.get(str(tiny_model_dir))
+    calls = Calls(model.pipe.unet)
+    result = run(restarted, tiny_model_dir)
+    assert calls.n == 0 and not model.engines.pending()
+    assert "ONNX Runtime" in result.engine
+
+
+def test_gradients_and_loras_run_eagerly_with_an_engine_built(config, tiny_model_dir, tmp_path):
+    cfg = engine_config(config, tmp_path)
+    cfg = dataclasses.replace(cfg, models_dir=tmp_path / "models")
+    lora = nonzero_lora(cfg.models_dir / "lora" / "blob")
+    manager = ModelManager(cfg)
+    run(manager, tiny_model_dir)
+    model = manager.get(str(tiny_model_dir))
+    model.engines.wait()
+    x, t, e = (torch.randn(s) for s in model.engines.built_shapes("unet")[0])
+    with torch.no_grad():
+        assert model.engines.call("unet", x, t, e) is not None
+    assert model.engines.call("unet", x, t, e) is None  # with gradients on (guidance, DPS): eager
+    calls = Calls(model.pipe.unet)
+    with_lora = run(manager, tiny_model_dir, loras=((str(lora), 1.0),))
+    assert calls.n == 4  # the LoRA's weights are not in the export: every step ran eagerly
+    eager = ModelManager(cfg)
+    assert np.abs(pixels(with_lora) - pixels(run(eager, tiny_model_dir, loras=((str(lora), 1.0),)))).max() <= 1
+
+
+def test_unknown_engines_are_refused_with_the_known_ones(config, tmp_path):
+    with pytest.raises(ValueError, match="Known: auto, eager, compile, onnx, openvino"):
+        engines.check_engine("fastest")
+
+
+def test_eager_config_builds_nothing(config, tiny_model_dir, tmp_path):
+    manager = ModelManager(engine_config(config, tmp_path, "eager"))
+    result = run(manager, tiny_model_dir)
+    assert result.engine.startswith("Engine: PyTorch eager") and not (tmp_path / "cache").exists()
+
+
+def test_prompts_are_encoded_once_while_the_text_encoder_is_plain(manager, tiny_model_dir):
+    model = manager.get(str(tiny_model_dir))
+    calls = Calls(model.pipe.text_encoder)
+    a = encode_prompt(model, "a red circle", "", 1, True, (64, 64))
+    b = encode_prompt(model, "a red circle", "", 1, True, (64, 64))
+    assert a is b and calls.n == 2  # prompt and negative, once
+    encode_prompt(model, "a blue circle", "", 1, True, (64, 64))
+    assert calls.n == 4
+    plain = model.pipe.tokenizer
+    model.pipe.tokenizer = plain.__class__.from_pretrained(model.source.location, subfolder="tokenizer")  # as embeddings do
+    try:
+        assert encode_prompt(model, "a red circle", "", 1, True, (64, 64)) is not a
+    finally:
+        model.pipe.tokenizer = plain
