@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("strength", float, "start strength; 1 = from pure noise"), ("steps", int, None),
                                  ("seed", int, None), ("sampler", str, None), ("prompt", str, None), ("model", str, None)):
         inv.add_argument(f"--{name}", type=kind, default=None, help=helptext)
+    inv.add_argument("--dps-mode", choices=["full", "fast"], default=None,
+                     help="full: DPS's gradient through the UNet and decoder; fast: from x0-hat, through the decoder only")
+    inv.add_argument("--tiny-decoder", action="store_true", default=None,
+                     help="the model's tiny decoder (AutoencoderTiny) in the gradient path instead of its VAE")
     inv.add_argument("--out", type=Path, default=None, help="folder for the images (default: --outputs-dir)")
     inv.add_argument("--json", action="store_true", help="print the scores as JSON")
     add_model_flags(inv)

@@ -9,111 +9,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, SD3Transformer2DModel, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from studio import engines, sources
 from studio.config import StudioConfig
 from studio.errors import Cancelled, ModelError, StudioError
-from studio.judges import Judges
-from studio.judges import load as load_judges
-from studio.sampling.previews import LATENT_RGB_FACTORS, LATENT_RGB_FILE, latent_family
+from studio.loaded import LoadedModel, denoiser_name
+
+__all__ = ["LoadedModel", "ModelManager", "denoiser_name"]
 
 
-def denoiser_name(pipe: DiffusionPipeline) -> str | None:
-    """The component the loop runs: "unet" (SD 1.x, 2.x, XL, the embedded suite), "transformer" (SD3-class models:
-    an SD3Transformer2DModel), or None when the pipeline has neither."""
-    if getattr(pipe, "unet", None) is not None:
-        return "unet"
-    if isinstance(getattr(pipe, "transformer", None), SD3Transformer2DModel):
-        return "transformer"
-    return None
-
-
-@dataclass
-class LoadedModel:
-    source: sources.ModelSource
-    pipe: DiffusionPipeline
-    nbytes: int
-    model_hash: str
-    engines: engines.ModelEngines | None = None  # fast paths for plain UNet and decoder calls (studio.engines)
-    # Text conditioning of recent prompts (jobs.common.encode_prompt), valid while the text encoders are plain.
-    prompt_cache: OrderedDict = field(default_factory=OrderedDict)
-    tokenizers: tuple = ()  # the loaded tokenizers: a job that swaps one in (embeddings) has changed the encoding
-
-    def text_encoders_plain(self) -> bool:
-        """Whether the text encoders are as loaded: no LoRA in them, no embedding's tokenizer swapped in."""
-        names = ("tokenizer", "tokenizer_2", "tokenizer_3")
-        if len(self.tokenizers) != len(names) or any(getattr(self.pipe, n, None) is not t
-                                                       for n, t in zip(names, self.tokenizers)):
-            return False
-        return not any(getattr(getattr(self.pipe, n, None), "peft_config", None)
-                       for n in ("text_encoder", "text_encoder_2", "text_encoder_3"))
-
-    @property
-    def name(self) -> str:
-        return self.source.spec
-
-    @property
-    def is_xl(self) -> bool:
-        return isinstance(self.pipe, StableDiffusionXLPipeline)
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        """The network the loop runs: the UNet, or an SD3-class model's transformer."""
-        return getattr(self.pipe, denoiser_name(self.pipe))
-
-    @property
-    def is_sd3(self) -> bool:
-        return isinstance(self.denoiser, SD3Transformer2DModel)
-
-    @property
-    def family(self) -> str | None:
-        return latent_family(dict(self.pipe.vae.config), dict(self.denoiser.config))
-
-    @cached_property
-    def judges(self) -> Judges | None:
-        """The folder's optional judges (judges.json: e.g. the embedded suite's evaluator and noise-aware classifier)."""
-        if self.source.kind != "folder":
-            return None
-        return load_judges(self.source.location, self.pipe._execution_device)
-
-    @cached_property
-    def latent_rgb(self) -> tuple[list[list[float]], list[float]] | None:
-        """Linear latent->RGB preview factors: the model's own (vae/latent_rgb.json), else the published ones of its family."""
-        own = Path(self.source.location) / "vae" / LATENT_RGB_FILE
-        if own.is_file():
-            data = json.loads(own.read_text())
-            return data["factors"], data["bias"]
-        return LATENT_RGB_FACTORS.get(self.family or "")
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """UNet-space latents -> images in [-1, 1], without gradients: through the decoder's engine when one is
-        built for this shape, else PyTorch (previews.vae_decode)."""
-        from studio.sampling import previews
-
-        with torch.no_grad():
-            fast = self.engines.call("decoder", latents) if self.engines is not None else None
-            return fast if fast is not None else previews.vae_decode(self.pipe.vae, latents)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
-
-    @property
-    def default_size(self) -> int:
-        return self.denoiser.config.sample_size * self.vae_scale_factor
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE's factor, times the transformer's patch size."""
-        return self.vae_scale_factor * getattr(self.denoiser.config, "patch_size", 1)
-
-
+TINY_VAE_DIR = "vae_tiny"  # a model folder's own tiny autoencoder (AutoencoderTiny, TAESD's format)
+TAESD_DIRS = {"sd1": "taesd", "sdxl": "taesdxl", "sd3": "taesd3"}  # or one per latent family in the models folder
 MAX_CONTROLNETS = 4  # ControlNets kept loaded (least recently used dropped first)
 CONFIG_SUFFIX = ".config"  # `model.safetensors` + `model.config`: a text file naming a diffusers folder for its configs
 
@@ -206,9 +116,27 @@ class ModelManager:
                 self._evict(next(iter(self._loaded)))
             self._place(pipe)
             model.engines = self._engines_for(model)
+            model.tiny_vae = self._tiny_vae_for(model)
             model.tokenizers = tuple(getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "tokenizer_3"))
             self._loaded[key] = model
             return model
+
+    def _tiny_vae_for(self, model: LoadedModel) -> torch.nn.Module | None:
+        """The model folder's vae_tiny/, else the models folder's TAESD folder for its latent family, if present."""
+        from diffusers import AutoencoderTiny
+
+        location = Path(model.source.location)
+        found = [location / TINY_VAE_DIR] if location.is_dir() else []
+        if model.family in TAESD_DIRS:
+            found.append(Path(self.config.models_dir) / TAESD_DIRS[model.family])
+        folder = next((f for f in found if (f / "config.json").is_file()), None)
+        if folder is None:
+            return None
+        try:
+            tiny = AutoencoderTiny.from_pretrained(folder, local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"Could not load the tiny decoder in {folder}: {type(e).__name__}: {e}") from e
+        return tiny.to(self.config.device, self.config.dtype).eval().requires_grad_(False)
 
     def _engines_for(self, model: LoadedModel) -> engines.ModelEngines | None:
         """Engines for a UNet model's UNet and VAE decoder (SD3-class transformers run eagerly)."""
@@ -408,6 +336,9 @@ class ModelManager:
         A few dozen checks per call, so a step of a large image ends within one block's time.
 
         `call_limit`: a call that runs longer than this many seconds is cut the same way, raising `over_limit()`."""
+        if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):  # compiled: hooks would break its graph
+            yield
+            return
         started = [time.monotonic()]
 
         def start(_module, _args):

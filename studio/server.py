@@ -207,3 +207,10 @@ def exposure_problem(host: str, auth: str | None, share: bool) -> str | None:
         return (f"Refusing to serve on {host} without a password: anyone on the network could use this machine. "
                 "Add --auth USER:PASSWORD, or use --host 127.0.0.1.")
     return None
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a server that a test or a benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

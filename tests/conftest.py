@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ os.environ["STUDIO_ENGINE"] = "eager"
 
 from studio.config import StudioConfig  # noqa: E402
 from studio.manager import ModelManager  # noqa: E402
+from studio.server import free_port  # noqa: E402,F401 - tests import it from here
 from studio.shapes.models import build_tokenizer  # noqa: E402
 
 WORDS = "a an the red green blue big small circle square star on left right of photo cat dog".split()
@@ -126,10 +126,3 @@ def config(tmp_path, tiny_model_dir) -> StudioConfig:
 @pytest.fixture()
 def manager(config) -> ModelManager:
     return ModelManager(config)
-
-
-def free_port() -> int:
-    """A free TCP port on loopback, for a server a test starts."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

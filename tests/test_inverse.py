@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
@@ -57,6 +58,22 @@ def test_starting_half_way_runs_the_last_half_of_the_schedule(manager, sampler):
     assert "DPS strength: 0.5" in Image.open(result.paths[0]).info["parameters"]
 
 
+@pytest.mark.parametrize("mode, backward_calls", [("full", 3), ("fast", 0)])
+def test_fast_dps_takes_no_gradient_through_the_unet(manager, mode, backward_calls):
+    unet = manager.get("tiny-sd").pipe.unet
+    with_grad = []
+    handle = unet.register_forward_hook(lambda *_: with_grad.append(torch.is_grad_enabled()))
+    try:
+        events, result = run(manager, image=clean_image(1)[:32, :32], model="tiny-sd", operator="gaussian_blur",
+                             kernel_size=5, intensity=1.0, steps=3, sampler="DDIM", baseline=False, preview_every=0,
+                             strength=1.0, dps_mode=mode)
+    finally:
+        handle.remove()
+    assert sum(with_grad) == backward_calls and len(with_grad) == 3
+    assert all("residual_rms" in e.metrics for e in events if isinstance(e, Step))
+    assert result.metrics["dps_residual_rms"] > 0
+
+
 @pytest.fixture(scope="module")
 def suite_manager(tmp_path_factory):
     return ModelManager(StudioConfig(outputs_dir=tmp_path_factory.mktemp("o"), models_dir=tmp_path_factory.mktemp("m")))
@@ -82,6 +99,8 @@ def test_dps_residual_is_far_below_the_unguided_one(suite_manager):
     ({"random_missing": 1.0}, "Random pixels missing must be between"),
     ({"image": "not an image"}, "not an image"),
     ({"operator": "deconvolution"}, "Unknown operator"),
+    ({"dps_mode": "quick"}, "DPS mode must be full or fast"),
+    ({"tiny_decoder": True}, "has no tiny decoder"),
 ])
 def test_bad_input_is_a_clear_message(manager, changes, words):
     kw = dict(image=np.zeros((32, 32, 3), np.uint8), model="tiny-sd", steps=1, sampler="DDIM", baseline=False, preview_every=0)

@@ -37,6 +37,8 @@ class InverseRequest:
     sigma: float = 0.05  # measurement noise, on the [-1, 1] scale
     zeta: float | None = None  # DPS step size; None: dps.DEFAULT_ZETA
     strength: float = dps.DEFAULT_STRENGTH  # DPS starts from the measurement's estimate noised this far; 1 = pure noise
+    dps_mode: str = "full"  # "full": gradients through the UNet and decoder; "fast": through the decoder only
+    tiny_decoder: bool = False  # the model's tiny decoder (AutoencoderTiny) in the gradient path instead of its VAE
     from_clean: bool = True  # False: `image` already is the measurement
     model: str = DEFAULT_MODEL
     prompt: str = ""
@@ -83,6 +85,8 @@ def build_measurement(req: InverseRequest, size: int, device) -> Measurement:
     """The operator and y (and the clean image when there is one); resizing what does not fit, saying so in req.notices."""
     if not 0 <= req.sigma <= 1:
         raise RequestError(f"Noise sigma must be between 0 and 1 on the [-1, 1] scale (got {req.sigma}).")
+    if req.dps_mode not in ("full", "fast"):
+        raise RequestError(f"DPS mode must be full or fast (got {req.dps_mode!r}).")
     if not 0 < req.strength <= 1:
         raise RequestError(f"Start strength must be above 0 and at most 1 (1 = from pure noise; got {req.strength}).")
     if not 0 <= req.seed <= MAX_SEED:
@@ -142,16 +146,19 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         op, y = m.operator, m.y.expand(req.batch_size, -1, -1, -1)
         zeta = dps.DEFAULT_ZETA if req.zeta is None else req.zeta
         outputs: dict[str, torch.Tensor] = {}
-        # 2. DPS through the one loop, gradients on for the model call.
-        correction = dps.DPSCorrection(op, y, lambda z: previews.vae_decode_grad(pipe.vae, z), zeta)
+        # 2. DPS through the one loop, gradients on for the model call (full DPS) or from x0-hat on (fast DPS).
         run = _prepare(model, req, size)
+        fast = req.dps_mode == "fast"
+        correction = dps.DPSCorrection(op, y, _gradient_decoder(model, req.tiny_decoder), zeta,
+                                       fast_scale=dps.x0_scale(run.scheduler, run.space) if fast else None)
         if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
             with torch.no_grad():
                 start = previews.vae_encode(pipe.vae, op.estimate(y))
             run = start_from(run, start, req.steps, req.strength)
             if op.known_mask() is not None:
                 outputs["start"] = op.estimate(y)  # scored too: what DPS improved on
-        outputs["dps"] = yield from _sample(manager, model, req, run, Hooks(correction=correction, needs_grad=zeta > 0), "dps")
+        outputs["dps"] = yield from _sample(manager, model, req, run, Hooks(correction=correction, needs_grad=zeta > 0 and not fast),
+                                        "dps")
         # 3. The baseline: mask blending where pixels are known as they are, else the operator's classical estimate.
         if req.baseline:
             known = op.known_mask()
@@ -186,6 +193,16 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
     saved = {"DPS": images[0], **({"baseline": named["baseline"]} if "baseline" in named else {})}
     paths = _save(manager, model, req, zeta, settings_text(type(op), m.settings), saved) if req.save else []
     yield Result(images, paths=paths, metrics=metrics, seeds=[req.seed], named=named)
+
+
+def _gradient_decoder(model: LoadedModel, tiny: bool):
+    """Latents -> images in [-1, 1], differentiable: the model's VAE, or its tiny decoder."""
+    if not tiny:
+        return lambda z: previews.vae_decode_grad(model.pipe.vae, z)
+    if model.tiny_vae is None:
+        raise RequestError(f"{model.name} has no tiny decoder: put an AutoencoderTiny (TAESD-format) folder in its "
+                           "folder as vae_tiny/, or in the models folder as taesd/ (SD 1.x/2.x), taesdxl/ or taesd3/.")
+    return lambda z: previews.tiny_decode(model.tiny_vae, z)
 
 
 def _prepare(model: LoadedModel, req: InverseRequest, size: int) -> Prepared:

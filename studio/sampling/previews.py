@@ -94,6 +94,14 @@ def vae_decode_grad(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(z, return_dict=False)[0]
 
 
+def tiny_decode(tiny, latents: torch.Tensor) -> torch.Tensor:
+    """UNet-space latents -> images in [-1, 1] through an AutoencoderTiny (TAESD's architecture; differentiable).
+    Its scaling_factor says what it reads: 1 for TAESD (the UNet's latents as they are), the full VAE's for
+    decoders distilled in that VAE's unscaled space (the suite's)."""
+    z = latents.to(tiny.dtype) / tiny.config.scaling_factor + (getattr(tiny.config, "shift_factor", None) or 0.0)
+    return tiny.decode(z, return_dict=False)[0]
+
+
 def preview(latents: torch.Tensor, vae, factors: tuple[list[list[float]], list[float]] | None, scale: int) -> list[Image.Image]:
     """Cheap when it can be: a linear latent->RGB map (costless per step), else a VAE decode.
 

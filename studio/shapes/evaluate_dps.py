@@ -24,12 +24,14 @@ TASKS = {
 }
 
 
-def evaluate_task(manager: ModelManager, task: str, n: int, steps: int, zeta: float | None, strength: float | None = None) -> dict:
-    """Mean scores over n fresh scenes (seed 77_000 + k), each through DPS and the baseline."""
+def evaluate_task(manager: ModelManager, task: str, n: int, steps: int, zeta: float | None, strength: float | None = None,
+                  **request) -> dict:
+    """Mean scores over n fresh scenes (seed 77_000 + k), each through DPS and the baseline. `request`: more
+    InverseRequest fields (dps_mode, tiny_decoder, baseline, ...)."""
     images, _, _ = scenes.render_batch(77_000, n)
     rows = []
     for k in range(n):
-        extra = {} if strength is None else {"strength": strength}
+        extra = ({} if strength is None else {"strength": strength}) | request
         req = InverseRequest(image=images[k], model=str(ASSETS_MODELS / DEFAULT_MODEL), steps=steps, seed=k, zeta=zeta,
                              preview_every=0, save=False, **TASKS[task], **extra)
         result = [e for e in inverse(manager, req) if isinstance(e, Result)][0]

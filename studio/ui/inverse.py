@@ -79,6 +79,13 @@ def build(studio: Studio) -> None:
                 strength = gr.Slider(0.05, 1, value=start.strength, step=0.05, label="Start strength", elem_id="inverse-strength",
                                      info="DPS starts from the classical estimate noised this far; 1 = from pure noise")
             with gr.Row():
+                dps_mode = gr.Radio([("Full: through the UNet", "full"), ("Fast: from x0-hat", "fast")],
+                                    value=start.dps_mode, label="DPS gradient", elem_id="inverse-dps-mode",
+                                    info="fast skips the UNet's backward pass (He et al. 2023)")
+                tiny_decoder = gr.Checkbox(start.tiny_decoder, label="Tiny decoder in the gradient",
+                                           elem_id="inverse-tiny-decoder",
+                                           info="the model's AutoencoderTiny instead of its VAE decoder (cheaper)")
+            with gr.Row():
                 steps = gr.Number(value=start.steps, label="Steps", info=f"1-{studio.config.limits.max_steps}",
                                   elem_id="inverse-steps")
                 sampler = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler")
@@ -147,6 +154,7 @@ def build(studio: Studio) -> None:
             zeta_v = number_field("zeta", values["zeta"], 0.0) if values["zeta"] else None
             req = InverseRequest(image=image, operator=op, hole=hole, zeta=zeta_v or None, from_clean=not values["from_measurement"],
                                  model=values["model"] or "", prompt=values["prompt"] or "", sampler=values["sampler"],
+                                 dps_mode=values["dps_mode"] or "full", tiny_decoder=bool(values["tiny_decoder"]),
                                  **numbers)
             yield from inverse(studio.manager, req)
 
@@ -170,7 +178,8 @@ def build(studio: Studio) -> None:
             return {live: enlarge(event.images[0]),  # the live box ends on the result, as in every tab
                     gallery: gr.update(value=result_gallery(event), label=gallery_label(op, "clean" in event.named)),
                     table: score_table(m),
-                    progress: status(f"Done in {time.perf_counter() - t0:.1f} s · zeta {m['zeta']:.3g} · sigma {m['sigma']:g} · "
+                    progress: status(f"Done in {time.perf_counter() - t0:.1f} s · {values['dps_mode'] or 'full'} DPS"
+                                     f"{' (tiny decoder)' if values['tiny_decoder'] else ''} · zeta {m['zeta']:.3g} · sigma {m['sigma']:g} · "
                                      f"DPS residual {m['dps_residual_rms']:.4f}", "ok")}
 
         def on_error(text: str, kind: str) -> dict:
@@ -183,7 +192,7 @@ def build(studio: Studio) -> None:
     # The API: /inverse with named parameters (image, operator, sigma, ... and each operator setting by name).
     named = {"image": editor, "from_measurement": from_measurement, "operator": operator, "sigma": sigma, "zeta": zeta,
              "strength": strength, "steps": steps, "sampler": sampler, "seed": seed, "prompt": prompt,
-             "guidance_scale": cfg, "model": model, **widgets}
+             "guidance_scale": cfg, "model": model, "dps_mode": dps_mode, "tiny_decoder": tiny_decoder, **widgets}
     # Unprocessed (preprocess=False): the editor's files are read by editor_image (a broken one gets a message).
     run_btn.click(api_signature(run, named), None, [live, plot, gallery, table, progress], inputs_kwargs=named,
                   preprocess=False, concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="inverse")
