@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import shutil
 import importlib.util
 import json
+import os
 import queue
 import threading
 import time
@@ -48,10 +50,28 @@ def installed(name: str) -> bool:
     return name in ("eager", "compile")
 
 
-def content_hash(files: list[Path]) -> str:
-    """A fingerprint of weight files' contents (headers alone are the same for two trainings of one architecture):
-    the whole file up to 256 MiB, else 16 MiB from each end, with the size."""
-    digest = hashlib.sha256()
+def runtime_versions() -> str:
+    """The libraries an export and its runtimes depend on (a new version builds afresh)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "onnx", "onnxscript", "onnxruntime", "openvino"):
+        try:
+            found.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
+            pass
+    return ",".join(found)
+
+
+def content_hash(files: list[Path], modules: list[torch.nn.Module] = ()) -> str:
+    """A fingerprint of the parts' weights and configs, with the runtime versions. Of files (headers alone are the
+    same for two trainings of one architecture): the whole file up to 256 MiB, else 16 MiB from each end, with the
+    size; of modules when no file is known (tensors' bytes)."""
+    digest = hashlib.sha256(runtime_versions().encode())
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     for f in files:
         size = f.stat().st_size
         digest.update(str(size).encode())
@@ -121,7 +141,6 @@ def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names
     path = folder / "model.onnx"
     if path.is_file():
         return path
-    import shutil
     import tempfile
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +149,11 @@ def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names
         with torch.no_grad():
             torch.onnx.export(module, inputs, str(tmp / "model.onnx"), dynamo=True, input_names=names,
                               output_names=["out"], optimize=True, verbose=False, external_data=True)
-        tmp.replace(folder)
+        try:
+            tmp.replace(folder)
+        except OSError:
+            if not path.is_file():  # another process finished the same export first: use theirs
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -181,6 +204,8 @@ class ModelEngines:
 
     def __init__(self, choice: str, cache_dir: Path, weights: list[Path], parts: dict[str, torch.nn.Module],
                  device: str, threads: int | None = None):
+        """`weights`: the files the parts' weights and configs come from (their content keys the cache); empty:
+        the parts' tensors are hashed instead."""
         self.choice = check_engine(choice)
         self.device = device
         self.parts = parts  # "unet": UNetCall, "decoder": DecoderCall (live modules: the eager path)
@@ -192,6 +217,8 @@ class ModelEngines:
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
+        if self.choice == "compile":  # inductor's caches (FX graphs, kernels) beside the exports: a restart reuses them
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self._cache_dir / "inductor"))
 
     @property
     def active(self) -> bool:
@@ -204,7 +231,8 @@ class ModelEngines:
 
     def cache(self) -> Path:
         if not hasattr(self, "_cache"):
-            self._cache = self._cache_dir / "engines" / content_hash(self._weights)
+            modules = [] if self._weights else list(self.parts.values())
+            self._cache = self._cache_dir / "engines" / content_hash(self._weights, modules)
         return self._cache
 
     # ---------------------------------------------------------- calls
@@ -236,19 +264,23 @@ class ModelEngines:
             why = "an engine needs the CPU device" if self.choice != "eager" and self.device != "cpu" else ""
             return f"Engine: PyTorch eager{f' ({why})' if why else ''}, {torch.get_num_threads()} threads"
         parts = {}
-        for (part, _shapes), choice in sorted(self._ready.items(), key=lambda kv: str(kv[0])):
+        for (part, _shapes), choice in sorted(self._snapshot(), key=lambda kv: str(kv[0])):
             parts.setdefault(part, choice.describe())
         text = "; ".join(f"{part}: {d}" for part, d in parts.items()) or "PyTorch eager"
         if self._pending:
             text += f"; optimizing for this CPU ({', '.join(LABELS[n] for n in self.candidates()) or 'nothing installed'})"
         return f"Engine: {text}; {self.threads} threads"
 
+    def _snapshot(self) -> list[tuple[tuple, Choice]]:
+        with self._lock:
+            return list(self._ready.items())
+
     def built(self, part: str) -> Choice | None:
-        return next((c for (p, _), c in self._ready.items() if p == part), None)
+        return next((c for (p, _), c in self._snapshot() if p == part), None)
 
     def built_shapes(self, part: str) -> list[tuple]:
         """The input shapes each built engine of a part serves."""
-        return [shapes for (p, shapes) in self._ready if p == part]
+        return [shapes for (p, shapes), _ in self._snapshot() if p == part]
 
     # ---------------------------------------------------------- building
     def _record_path(self, key: tuple) -> Path:
@@ -270,16 +302,20 @@ class ModelEngines:
             if record.get("chosen") == "eager":  # measured here before: no engine beat eager
                 self._ready[key] = Choice("eager", notes=record.get("notes", []))
                 return
+            # The module to build from is copied now, on the job's thread, where call() has checked that no LoRA
+            # is in it: a copy taken later by the builder could catch a LoRA job's weights.
+            module = self._private(key[0])
             if record.get("chosen") in self.candidates():
-                # Built and measured on this machine before: load it now (seconds at most), no re-timing.
+                # Built and measured on this machine before: load it now (a second or two), no re-timing.
                 try:
-                    self._ready[key] = self.load_recorded(key, inputs, record)
+                    self._ready[key] = self.load_recorded(key, module, inputs, record)
                     return
-                except Exception:  # noqa: BLE001 - a stale or broken cache entry: build afresh below
-                    pass
+                except Exception:  # noqa: BLE001 - a stale or broken cache entry: removed, built afresh below
+                    shutil.rmtree(self.cache() / self._stem(key), ignore_errors=True)
+                    self._record_path(key).unlink(missing_ok=True)
             self._pending.add(key)
-            self._queue.put((key, tuple(t.detach().clone() for t in inputs)))
-            if self._worker is None or not self._worker.is_alive():
+            self._queue.put((key, module, tuple(t.detach().clone() for t in inputs)))
+            if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="engine-builder", daemon=True)
                 self._worker.start()
 
@@ -292,12 +328,13 @@ class ModelEngines:
 
     def _work(self) -> None:
         while True:
+            with self._lock:  # exits only with nothing queued, so a request never waits on a worker that left
+                if self._queue.empty():
+                    self._worker = None
+                    return
+                key, module, inputs = self._queue.get()
             try:
-                key, inputs = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                return
-            try:
-                choice = self.build(key, inputs)
+                choice = self.build(key, module, inputs)
             except Exception as e:  # noqa: BLE001 - a failed build leaves the part eager, with the reason shown
                 choice = Choice("eager", notes=[f"building failed: {type(e).__name__}: {str(e)[:200]}"])
             with self._lock:
@@ -313,10 +350,9 @@ class ModelEngines:
             m._forward_pre_hooks.clear()
         return module
 
-    def load_recorded(self, key: tuple, inputs: tuple[torch.Tensor, ...], record: dict) -> Choice:
+    def load_recorded(self, key: tuple, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], record: dict) -> Choice:
         """The engine chosen before for this part and shape, from the cache; checked once against eager."""
         name = record["chosen"]
-        module = self._private(key[0])
         run = self._runner(name, module, inputs, self._stem(key))
         with torch.no_grad():
             diff = float((run(*inputs) - module(*inputs)).abs().max())
@@ -325,10 +361,10 @@ class ModelEngines:
         entry = record[name]
         return Choice(name, run, entry["build_s"], diff, entry["speedup"], notes=["cached"])
 
-    def build(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> Choice:
+    def build(self, key: tuple, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Choice:
         """Build each candidate engine for the part at these shapes, keep the valid ones, time them against eager
-        here, and pick the fastest (with `auto`, only if it beats eager); the choice is recorded in the cache."""
-        module = self._private(key[0])
+        here, and pick the fastest (with `auto`, only if it beats eager). The choice is recorded in the cache when
+        something was measured (a failed build is tried again after a restart)."""
         with torch.no_grad():
             reference = module(*inputs)
         found: list[Choice] = []
@@ -359,7 +395,7 @@ class ModelEngines:
                 notes.append(f"{LABELS[best.engine]} was slower here ({best.speedup:.2f}x)")
                 best = Choice("eager", notes=notes)
         else:
-            best = Choice("eager", notes=notes or ["no engine could be built"])
+            return Choice("eager", notes=notes or ["no engine could be built"])
         record["chosen"] = best.engine
         path = self._record_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import warnings
 import hashlib
 import json
 import threading
@@ -134,8 +135,10 @@ class ModelManager:
             return None
         try:
             tiny = AutoencoderTiny.from_pretrained(folder, local_files_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"Could not load the tiny decoder in {folder}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - a broken optional part: the model works without it
+            warnings.warn(f"Could not load the tiny decoder in {folder} ({type(e).__name__}: {e}); previews use "
+                          "the linear map or the VAE, and fast DPS the VAE.", stacklevel=2)
+            return None
         return tiny.to(self.config.device, self.config.dtype).eval().requires_grad_(False)
 
     def _engines_for(self, model: LoadedModel) -> engines.ModelEngines | None:
@@ -143,8 +146,11 @@ class ModelManager:
         if denoiser_name(model.pipe) != "unet":
             return None
         location = Path(model.source.location)
-        files = [location] if location.is_file() else sorted(location.glob("unet/*.safetensors")) + sorted(
-            location.glob("vae/*.safetensors"))
+        if location.is_file():
+            files = [location]
+        else:  # weights and configs (a changed scaling factor is a changed decoder); none: the tensors are hashed
+            weights = sorted(location.glob("unet/*.safetensors")) + sorted(location.glob("vae/*.safetensors"))
+            files = weights + [location / d / "config.json" for d in ("unet", "vae")] if weights else []
         parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
         return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device)
 
@@ -336,7 +342,7 @@ class ModelManager:
         A few dozen checks per call, so a step of a large image ends within one block's time.
 
         `call_limit`: a call that runs longer than this many seconds is cut the same way, raising `over_limit()`."""
-        if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):  # compiled: hooks would break its graph
+        if getattr(module, "_orig_mod", None) is not None:  # torch.compile'd: hooks would break its graph
             yield
             return
         started = [time.monotonic()]

@@ -118,6 +118,15 @@ def test_inverse_rejects_a_huge_seed_and_a_corrupt_image_with_messages(client, t
                        api_name="/inverse")
 
 
+def test_inverse_fast_dps_with_the_tiny_decoder_by_name(client):
+    from gradio_client import handle_file
+
+    sample = handle_file(str(sorted(ASSETS_SAMPLES.glob("*.png"))[0]))
+    out = client.predict(image={"background": sample, "layers": [], "composite": None}, operator="super_resolution",
+                         steps=4, dps_mode="fast", tiny_decoder=True, api_name="/inverse")
+    assert "fast DPS (tiny decoder)" in out[-1]
+
+
 def test_a_corrupt_image_for_the_control_maps_is_a_message(client, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError

@@ -42,6 +42,34 @@ def test_dps_super_resolution_runs_and_scores(app_url, page):  # noqa: F811
     page.screenshot(path=SCREENSHOT, full_page=True)
 
 
+COUNT_DONE = """() => {  // counts runs that end: each time the status line turns to "Done in"
+    window.__done = 0; let was = false;
+    new MutationObserver(() => {
+        const now = document.querySelector('#inverse-status').innerText.includes('Done in');
+        if (now && !was) window.__done += 1;
+        was = now;
+    }).observe(document.querySelector('#inverse-status'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_fast_dps_with_the_tiny_decoder_twice_then_full(app_url, page):  # noqa: F811
+    url, _ = app_url
+    _open_tab_with_a_sample(page, url)
+    _set_slider(page, "inverse-steps", "6")
+    page.locator("#inverse-dps-mode").get_by_label("Fast: from x0-hat").check()
+    page.locator("#inverse-tiny-decoder input").check()
+    page.evaluate(COUNT_DONE)
+    for k in range(2):  # the same click twice, then one setting changed
+        page.click("#inverse-run")
+        page.wait_for_function(f"window.__done === {k + 1}", timeout=120_000)
+        assert "fast DPS (tiny decoder)" in page.locator("#inverse-status").inner_text()
+    page.locator("#inverse-dps-mode").get_by_label("Full: through the UNet").check()
+    page.click("#inverse-run")
+    page.wait_for_function("window.__done === 3", timeout=120_000)
+    assert "full DPS (tiny decoder)" in page.locator("#inverse-status").inner_text()
+    assert page.locator("#inverse-gallery img").count() == 4
+
+
 def test_inpainting_without_a_hole_is_a_message(app_url, page):  # noqa: F811
     url, _ = app_url
     _open_tab_with_a_sample(page, url)

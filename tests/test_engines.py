@@ -67,6 +67,19 @@ def test_a_restart_with_a_warm_cache_uses_the_engine_from_the_first_call(config,
     assert "ONNX Runtime" in result.engine
 
 
+def test_a_broken_cache_entry_is_rebuilt_not_given_up(config, tiny_model_dir, tmp_path):
+    first = ModelManager(engine_config(config, tmp_path))
+    run(first, tiny_model_dir)
+    first.get(str(tiny_model_dir)).engines.wait()
+    for graph in (tmp_path / "cache").rglob("unet-*/model.onnx"):
+        graph.write_bytes(b"not a graph")
+    restarted = ModelManager(engine_config(config, tmp_path))
+    run(restarted, tiny_model_dir)  # the broken entry fails to load: removed, and built again in the background
+    engines_ = restarted.get(str(tiny_model_dir)).engines
+    engines_.wait()
+    assert engines_.built("unet").engine == "onnx"
+
+
 def test_gradients_and_loras_run_eagerly_with_an_engine_built(config, tiny_model_dir, tmp_path):
     cfg = engine_config(config, tmp_path)
     cfg = dataclasses.replace(cfg, models_dir=tmp_path / "models")

@@ -74,6 +74,29 @@ def test_fast_dps_takes_no_gradient_through_the_unet(manager, mode, backward_cal
     assert result.metrics["dps_residual_rms"] > 0
 
 
+def test_the_loop_gives_fast_dps_the_x0_coefficient_of_its_step(manager):
+    """For an epsilon model in VP space, d x0_hat / d x_t (the output held fixed) is 1 / sqrt(alpha_bar_t)."""
+    from studio.inverse import dps
+
+    seen = []
+    original = dps.DPSCorrection.__call__
+
+    def spy(self, state, next_latents):
+        seen.append((state.t, state.x0_scale))
+        return original(self, state, next_latents)
+
+    dps.DPSCorrection.__call__ = spy
+    try:
+        run(manager, image=np.zeros((32, 32, 3), np.uint8), model="tiny-sd", operator="gaussian_blur", kernel_size=5,
+            intensity=1.0, steps=3, sampler="DDIM", baseline=False, preview_every=0, strength=1.0, dps_mode="fast")
+    finally:
+        dps.DPSCorrection.__call__ = original
+    alphas = manager.get("tiny-sd").pipe.scheduler.alphas_cumprod
+    assert len(seen) == 3
+    for t, scale in seen:
+        assert torch.allclose(scale, alphas[int(t)].rsqrt(), rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def suite_manager(tmp_path_factory):
     return ModelManager(StudioConfig(outputs_dir=tmp_path_factory.mktemp("o"), models_dir=tmp_path_factory.mktemp("m")))

@@ -7,8 +7,8 @@ through the decoder and the UNet.
 
 Fast DPS (`fast=True`) takes the gradient with respect to x0_hat only, with no backward pass through the UNet (the
 manifold-preserving guidance of He et al. 2023 drops the same term): grad_{x_t} ~ (d x0_hat / d x_t with the
-network's Jacobian left out) * grad_{x0_hat}, i.e. 1/sqrt(alpha_bar_t) for epsilon models, sqrt(alpha_bar_t) for
-v-prediction, 1 for flow and k-diffusion spaces. The model call then needs no gradients (and may run on an engine).
+network's Jacobian left out) * grad_{x0_hat}: 1/sqrt(alpha_bar_t) for epsilon models in VP space, sqrt(alpha_bar_t)
+for v-prediction, 1 for flow models; the loop gives it (LoopState.x0_scale) for every space. The model call then needs no gradients (and may run on an engine).
 The decoder in the gradient path may be a tiny one (AutoencoderTiny distilled from the full VAE).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from studio.inverse.operators import Operator
-from studio.sampling.loop import LoopState, noise_to, vp_view
+from studio.sampling.loop import LoopState, noise_to
 
 # The official DPS configs (pixel-space FFHQ, 1000 DDPM steps from pure noise) use zeta 0.3-0.5 per task. Measured
 # on the embedded suite (latent, 50 steps starting half way from the measurement's estimate; see
@@ -42,23 +42,24 @@ class DPSCorrection:
     # d x0-hat / d x_t ~ 1/sqrt(a_t)) would throw the sample off the data and saturate the decoder; each correction's
     # RMS per latent element is capped. Runs that start half way never reach the cap.
     max_move: float = 0.2
-    # Fast DPS: (state) -> d x0_hat / d x_t without the network's Jacobian (see `x0_scale`); None: full DPS.
-    fast_scale: Callable[[LoopState], torch.Tensor] | None = None
+    # Fast DPS: the gradient from x0_hat on, times d x0_hat / d x_t without the network's Jacobian (the loop's
+    # state.x0_scale); False: full DPS, through the model call.
+    fast: bool = False
 
     def residual(self, x0_latents: torch.Tensor) -> torch.Tensor:
         return self.y - self.operator.forward(self.decode(x0_latents).float())
 
     def __call__(self, state: LoopState, next_latents: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            x0 = state.x0_hat.detach().requires_grad_(True) if self.fast_scale else state.x0_hat
+            x0 = state.x0_hat.detach().requires_grad_(True) if self.fast else state.x0_hat
             r = self.residual(x0)
             sq = r.pow(2).flatten(1).sum(1)  # per image
             norm = sq.detach().sqrt()
             state.metrics["residual_rms"] = float((norm / r[0].numel() ** 0.5).mean())
             if self.zeta == 0:
                 return next_latents
-            if self.fast_scale:
-                grad = torch.autograd.grad(sq.sum(), x0)[0] * self.fast_scale(state)
+            if self.fast:
+                grad = torch.autograd.grad(sq.sum(), x0)[0] * state.x0_scale
             else:
                 grad = torch.autograd.grad(sq.sum(), state.latents)[0]
         shape = (-1, *([1] * (grad.ndim - 1)))
@@ -66,18 +67,6 @@ class DPSCorrection:
         rms = move.pow(2).flatten(1).mean(1).sqrt().view(shape)
         move = move * (self.max_move / rms.clamp_min(1e-12)).clamp(max=1.0)
         return (next_latents - move).detach()
-
-
-def x0_scale(scheduler, space: str) -> Callable[[LoopState], torch.Tensor]:
-    """d x0_hat / d x_t with the network's output held fixed, for the scheduler's space (fast DPS)."""
-    def scale(state: LoopState) -> torch.Tensor:
-        if space in ("flow", "ve"):  # x0 = x - sigma * output
-            return torch.ones((), device=state.latents.device)
-        _, alpha_bar = vp_view(scheduler, space, state.latents, state.t)
-        if scheduler.config.prediction_type == "v_prediction":  # x0 = sqrt(a) x - sqrt(1 - a) v
-            return alpha_bar.sqrt()
-        return alpha_bar.rsqrt()  # x0 = (x - sqrt(1 - a) eps) / sqrt(a)
-    return scale
 
 
 @dataclass

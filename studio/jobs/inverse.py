@@ -150,7 +150,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         run = _prepare(model, req, size)
         fast = req.dps_mode == "fast"
         correction = dps.DPSCorrection(op, y, _gradient_decoder(model, req.tiny_decoder), zeta,
-                                       fast_scale=dps.x0_scale(run.scheduler, run.space) if fast else None)
+                                       fast=fast)
         if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
             with torch.no_grad():
                 start = previews.vae_encode(pipe.vae, op.estimate(y))

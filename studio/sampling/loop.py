@@ -52,6 +52,7 @@ class LoopState:
     latents: torch.Tensor  # x_t before the step (UNet space)
     model_output: torch.Tensor  # after CFG
     x0_hat: torch.Tensor | None = None
+    x0_scale: torch.Tensor | None = None  # d x0_hat / d x_t with the model output held fixed (for correction hooks)
     next_latents: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -183,6 +184,9 @@ def denoise(
                 state.model_output = hooks.guidance(state)
             if hooks.correction or want_x0(i + 1):
                 state.x0_hat = predict_x0(scheduler, space, latents, state.model_output, t)
+            if hooks.correction:  # x0_hat is linear in x_t for a fixed output: its coefficient, before the step
+                with torch.no_grad():
+                    state.x0_scale = predict_x0(scheduler, space, latents.new_ones(()), latents.new_zeros(()), t)
         # 5. The scheduler's step.
         next_latents = scheduler.step(state.model_output.detach(), t, latents.detach(), **extra_step_kwargs, return_dict=False)[0]
         # 6. Measurement correction (DPS) on the new sample.
