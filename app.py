@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from studio.studio import Studio
 
     studio = Studio(config_from_args(args))
+    studio.warm_up()  # the default model (and its cached engines) loads in the background while the page starts
     demo = ui.build(studio)
     server.launch(demo, serve_settings(args), studio.config, **ui.launch_kwargs())
     return 0

@@ -319,6 +319,22 @@ class ModelEngines:
                 self._worker = threading.Thread(target=self._work, name="engine-builder", daemon=True)
                 self._worker.start()
 
+    def preload(self) -> None:
+        """Load every engine recorded in the cache for this model, engine choice and thread count (the shapes
+        this machine ran before), so that the first job finds them ready."""
+        if not self.active:
+            return
+        for path in sorted(self.cache().glob(f"*.{self.choice}.t{self.threads}.json")):
+            try:
+                record = json.loads(path.read_text())
+                key = (record["part"], tuple(tuple(s) for s in record["shapes"]))
+            except (OSError, ValueError, KeyError):
+                continue
+            if key[0] in self.parts and self._record_path(key) == path:
+                inputs = tuple(torch.randn(s) for s in key[1])
+                with torch.no_grad():
+                    self._request(key, inputs)
+
     def _read_record(self, key: tuple) -> dict:
         path = self._record_path(key)
         try:
@@ -382,7 +398,7 @@ class ModelEngines:
                 notes.append(f"{LABELS[name]} differs by {diff:.1e}")
                 continue
             found.append(Choice(name, run, time.perf_counter() - t0, diff))
-        record: dict = {"notes": notes}
+        record: dict = {"notes": notes, "part": key[0], "shapes": [list(s) for s in key[1]]}
         if found:
             with torch.no_grad():
                 eager_s = _time(lambda: module(*inputs))

@@ -13,6 +13,7 @@ from studio.events import Result
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.jobs.common import encode_prompt
 from studio.manager import ModelManager
+from studio.studio import Studio
 from test_personalize import nonzero_lora
 
 pytest.importorskip("onnxruntime")
@@ -65,6 +66,11 @@ def test_a_restart_with_a_warm_cache_uses_the_engine_from_the_first_call(config,
     result = run(restarted, tiny_model_dir)
     assert calls.n == 0 and not model.engines.pending()
     assert "ONNX Runtime" in result.engine
+    # The app's warm-up loads the model and the engines recorded for it before any job.
+    studio = Studio(engine_config(config, tmp_path))
+    studio.warm_up().join()
+    model = studio.manager.get(studio.default_model())
+    assert model.engines.built("unet").engine == "onnx" and model.engines.built("decoder").engine == "onnx"
 
 
 def test_a_broken_cache_entry_is_rebuilt_not_given_up(config, tiny_model_dir, tmp_path):
