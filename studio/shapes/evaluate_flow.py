@@ -27,6 +27,7 @@ RUNS = [
     (DEFAULT_MODEL, "DDIM", 4), (DEFAULT_MODEL, "DPM++ 2M", 4), (DEFAULT_MODEL, "UniPC", 4),
     (FLOW_MODEL, "Flow Match Euler", 4), (FLOW_MODEL, "Flow Match Euler", 8),
     (FLOW_MODEL, "Flow Match Euler", 2), (FLOW_MODEL, "Flow Match Euler", 1),
+    (FLOW_MODEL, "Flow Match Euler Uniform", 25),
     (FLOW_MODEL, "Flow Match Euler Uniform", 8), (FLOW_MODEL, "Flow Match Euler Uniform", 4),
     (FLOW_MODEL, "Flow Match Euler Uniform", 2),
 ]
@@ -44,8 +45,8 @@ def images_for(manager: ModelManager, model: str, sampler: str, steps: int, prom
     return np.stack(out)
 
 
-def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight: int = 16) -> dict:
-    manager = ModelManager(StudioConfig())
+def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight: int = 16, engine: str = "eager") -> dict:
+    manager = ModelManager(StudioConfig(engine=engine))
     judge = ev.load(ASSETS_MODELS / DEFAULT_MODEL / "evaluator")
     prompts, wanted = evaluate.prompt_set(n_prompts)
     report = {"prompts": n_prompts, "cfg": cfg, "runs": []}
@@ -73,9 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cfg", type=float, default=evaluate.DEFAULT_CFG)
     p.add_argument("--models", default="", help="only the runs of these models (comma-separated); default: all")
     p.add_argument("--write", action="store_true", help="write (or update) eval_flow.json in the flow suite's folder")
+    p.add_argument("--runs", default="", help="only these runs, as sampler:evaluations (comma-separated)")
+    p.add_argument("--engine", default="eager", help="CPU engine for the UNet and decoder (studio.engines); "
+                                                     "outputs within 1e-3 of eager")
     args = p.parse_args(argv)
     wanted = {m for m in args.models.split(",") if m}
-    report = run(args.prompts, args.cfg, [r for r in RUNS if not wanted or r[0] in wanted])
+    only = {r for r in args.runs.split(",") if r}
+    chosen = [r for r in RUNS if (not wanted or r[0] in wanted) and (not only or f"{r[1]}:{r[2]}" in only)]
+    report = run(args.prompts, args.cfg, chosen, engine=args.engine)
     if args.write:
         path = Path(ASSETS_MODELS / FLOW_MODEL / "eval_flow.json")
         if path.is_file():  # runs measured earlier (same prompts and CFG) stay unless measured again
