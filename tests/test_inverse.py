@@ -113,6 +113,16 @@ def test_dps_residual_is_far_below_the_unguided_one(suite_manager):
     assert guided.metrics["dps_residual_rms"] < 1.5 * 0.05  # near the noise level (sigma 0.05)
 
 
+def test_fast_dps_with_the_suites_tiny_decoder_also_fits_the_measurement(suite_manager):
+    image = scenes.render_batch(77_000, 1)[0][0]  # the DPS evaluation's first scene
+    kw = dict(image=image, model=SUITE, operator="super_resolution", factor=4, steps=30, seed=0, baseline=False,
+              preview_every=0)
+    _, fast = run(suite_manager, dps_mode="fast", tiny_decoder=True, **kw)
+    _, started = run(suite_manager, zeta=0.0, **kw)  # the same start without corrections
+    assert fast.metrics["dps_residual_rms"] < 0.9 * started.metrics["dps_residual_rms"], (fast.metrics, started.metrics)
+    assert fast.metrics["dps_psnr"] > started.metrics["dps_psnr"] + 1, (fast.metrics, started.metrics)
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"sigma": 2.0}, "sigma must be between 0 and 1"),
     ({"strength": 0.0}, "strength must be above 0"),
