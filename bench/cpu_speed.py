@@ -46,7 +46,9 @@ class Server:
 
         for _ in range(240):
             try:
-                return Client(f"http://127.0.0.1:{self.port}/", verbose=False)
+                # The image stays on the server (saved with its settings; the reply names it): gradio_client's
+                # download of the two result files took 0.3-0.5 s per call here, more than the image itself.
+                return Client(f"http://127.0.0.1:{self.port}/", verbose=False, download_files=False)
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.5)
         raise RuntimeError("the studio did not start")

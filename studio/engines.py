@@ -32,7 +32,7 @@ ENGINES = ("auto", "eager", "compile", "onnx", "openvino")
 LABELS = {"eager": "PyTorch eager", "compile": "torch.compile", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 AUTO_CANDIDATES = ("onnx", "openvino")  # torch.compile takes minutes per shape here: only when asked for by name
 TOLERANCE = 1e-3  # max abs difference from eager on the same input (fp32 engines differ by ~1e-6)
-TIMING_CALLS = 5
+TIMING_ROUNDS = 7
 
 
 def check_engine(name: str) -> str:
@@ -131,7 +131,8 @@ class Choice:
 
 def _numpy_runner(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., torch.Tensor]:
     def run(*tensors: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(fn([t.detach().float().contiguous().numpy() for t in tensors])))
+        arrays = [(t.detach().float() if t.is_floating_point() else t.detach()).contiguous().numpy() for t in tensors]
+        return torch.from_numpy(np.ascontiguousarray(fn(arrays)))
     return run
 
 
@@ -190,12 +191,19 @@ def compile_runner(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
     return run
 
 
-def _time(fn: Callable[[], object], calls: int = TIMING_CALLS) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
+def _timings(fns: dict[str, Callable[[], object]], rounds: int = TIMING_ROUNDS, calls: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, taken in turns (A B C A B C ...) so that a busy moment or a
+    runtime's threads still spinning after its call weigh on all alike."""
+    for fn in fns.values():
         fn()
-    return (time.perf_counter() - t0) / calls
+    seen: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            seen[name].append((time.perf_counter() - t0) / calls)
+    return {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
 
 
 # ---------------------------------------------------------------- one model's engines
@@ -264,7 +272,7 @@ class ModelEngines:
             why = "an engine needs the CPU device" if self.choice != "eager" and self.device != "cpu" else ""
             return f"Engine: PyTorch eager{f' ({why})' if why else ''}, {torch.get_num_threads()} threads"
         parts = {}
-        for (part, _shapes), choice in sorted(self._snapshot(), key=lambda kv: str(kv[0])):
+        for (part, _shapes), choice in sorted(self._snapshot(), key=lambda kv: (kv[0][0] != "unet", str(kv[0]))):
             parts.setdefault(part, choice.describe())
         text = "; ".join(f"{part}: {d}" for part, d in parts.items()) or "PyTorch eager"
         if self._pending:
@@ -401,9 +409,9 @@ class ModelEngines:
         record: dict = {"notes": notes, "part": key[0], "shapes": [list(s) for s in key[1]]}
         if found:
             with torch.no_grad():
-                eager_s = _time(lambda: module(*inputs))
+                seconds = _timings({"eager": lambda: module(*inputs), **{c.engine: (lambda c=c: c.run(*inputs)) for c in found}})
             for choice in found:
-                choice.speedup = eager_s / _time(lambda c=choice: c.run(*inputs))
+                choice.speedup = seconds["eager"] / seconds[choice.engine]
             record.update({c.engine: {"build_s": round(c.build_s, 2), "speedup": round(c.speedup, 3),
                                       "max_abs_diff": c.max_abs_diff} for c in found})
             best = max(found, key=lambda c: c.speedup)

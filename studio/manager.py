@@ -134,12 +134,12 @@ class ModelManager:
         if folder is None:
             return None
         try:
-            tiny = AutoencoderTiny.from_pretrained(folder, local_files_only=True)
+            tiny = AutoencoderTiny.from_pretrained(folder, local_files_only=True, torch_dtype=self.config.dtype)
         except Exception as e:  # noqa: BLE001 - a broken optional part: the model works without it
             warnings.warn(f"Could not load the tiny decoder in {folder} ({type(e).__name__}: {e}); previews use "
                           "the linear map or the VAE, and fast DPS the VAE.", stacklevel=2)
             return None
-        return tiny.to(self.config.device, self.config.dtype).eval().requires_grad_(False)
+        return tiny.to(self.config.device).eval().requires_grad_(False)
 
     def _engines_for(self, model: LoadedModel) -> engines.ModelEngines | None:
         """Engines for a UNet model's UNet and VAE decoder (SD3-class transformers run eagerly)."""

@@ -119,6 +119,10 @@ def export(out: Path, dest: Path, base: Path) -> None:
     tiny = build_tiny(vae)
     resume(out / "checkpoints", {"tiny": tiny, "optimizer": torch.optim.AdamW(tiny.parameters())})
     tiny.save_pretrained(dest)
+    # AutoencoderTiny registers `block_out_channels` in its config but does not accept it back: loading would warn.
+    config = json.loads((Path(dest) / "config.json").read_text())
+    config.pop("block_out_channels", None)
+    (Path(dest) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"exported the tiny autoencoder to {dest}")
 
 
