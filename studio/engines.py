@@ -13,26 +13,29 @@ so every feature works with every engine.
 from __future__ import annotations
 
 import copy
-import hashlib
-import shutil
 import importlib.util
 import json
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from studio.engine_runtime import (DecoderCall, UNetCall, compile_runner, content_hash, export_onnx, onnx_runner,
+                                   openvino_runner, runtime_versions, timings)
+
+__all__ = ["ENGINES", "Choice", "DecoderCall", "ModelEngines", "UNetCall", "check_engine", "compile_runner",
+           "content_hash", "export_onnx", "installed", "onnx_runner", "openvino_runner", "runtime_versions"]
 
 ENGINES = ("auto", "eager", "compile", "onnx", "openvino")
 LABELS = {"eager": "PyTorch eager", "compile": "torch.compile", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 AUTO_CANDIDATES = ("onnx", "openvino")  # torch.compile takes minutes per shape here: only when asked for by name
 TOLERANCE = 1e-3  # max abs difference from eager on the same input (fp32 engines differ by ~1e-6)
-TIMING_ROUNDS = 7
 
 
 def check_engine(name: str) -> str:
@@ -48,67 +51,6 @@ def installed(name: str) -> bool:
     if name == "openvino":
         return all(importlib.util.find_spec(m) for m in ("openvino", "onnx", "onnxscript"))
     return name in ("eager", "compile")
-
-
-def runtime_versions() -> str:
-    """The libraries an export and its runtimes depend on (a new version builds afresh)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = []
-    for name in ("torch", "onnx", "onnxscript", "onnxruntime", "openvino"):
-        try:
-            found.append(f"{name}={version(name)}")
-        except PackageNotFoundError:
-            pass
-    return ",".join(found)
-
-
-def content_hash(files: list[Path], modules: list[torch.nn.Module] = ()) -> str:
-    """A fingerprint of the parts' weights and configs, with the runtime versions. Of files (headers alone are the
-    same for two trainings of one architecture): the whole file up to 256 MiB, else 16 MiB from each end, with the
-    size; of modules when no file is known (tensors' bytes)."""
-    digest = hashlib.sha256(runtime_versions().encode())
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for f in files:
-        size = f.stat().st_size
-        digest.update(str(size).encode())
-        with open(f, "rb") as raw:
-            if size <= 256 * 2**20:
-                for chunk in iter(lambda: raw.read(2**22), b""):
-                    digest.update(chunk)
-            else:
-                digest.update(raw.read(2**24))
-                raw.seek(size - 2**24)
-                digest.update(raw.read(2**24))
-    return digest.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- the parts, as modules with tensor-only inputs
-class UNetCall(torch.nn.Module):
-    """(sample, timestep per row, encoder_hidden_states) -> the UNet's output: the loop's plain call."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample, timestep, encoder_hidden_states):
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-
-
-class DecoderCall(torch.nn.Module):
-    """UNet-space latents -> image in [-1, 1]: as previews.vae_decode (scaling and shift inside)."""
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-        self.scale = float(vae.config.scaling_factor)
-        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-
-    def forward(self, latents):
-        return self.vae.decode(latents / self.scale + self.shift, return_dict=False)[0]
 
 
 @dataclass
@@ -127,83 +69,6 @@ class Choice:
             return "PyTorch eager" + (f" ({'; '.join(self.notes)})" if self.notes else "")
         return (f"{LABELS[self.engine]} {self.speedup:.1f}x eager (max diff {self.max_abs_diff:.0e}, "
                 f"built in {self.build_s:.0f} s)")
-
-
-def _numpy_runner(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., torch.Tensor]:
-    def run(*tensors: torch.Tensor) -> torch.Tensor:
-        arrays = [(t.detach().float() if t.is_floating_point() else t.detach()).contiguous().numpy() for t in tensors]
-        return torch.from_numpy(np.ascontiguousarray(fn(arrays)))
-    return run
-
-
-def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], folder: Path) -> Path:
-    """torch.onnx's exporter (torch.export based), static shapes, with its graph optimizations, into `folder`
-    (model.onnx and its weights, model.onnx.data), made in a temporary folder and renamed when complete."""
-    path = folder / "model.onnx"
-    if path.is_file():
-        return path
-    import tempfile
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        with torch.no_grad():
-            torch.onnx.export(module, inputs, str(tmp / "model.onnx"), dynamo=True, input_names=names,
-                              output_names=["out"], optimize=True, verbose=False, external_data=True)
-        try:
-            tmp.replace(folder)
-        except OSError:
-            if not path.is_file():  # another process finished the same export first: use theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def onnx_runner(path: Path, threads: int) -> Callable[..., torch.Tensor]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    return _numpy_runner(lambda arrays: session.run(None, dict(zip(names, arrays)))[0])
-
-
-def openvino_runner(path: Path, threads: int, cache: Path) -> Callable[..., torch.Tensor]:
-    import openvino as ov
-
-    core = ov.Core()
-    # f32: on CPUs with bf16 units OpenVINO's default precision is bf16, which moved the UNet's output by 3e-2.
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                                                     "CACHE_DIR": str(cache)})
-    request = compiled.create_infer_request()
-    return _numpy_runner(lambda arrays: request.infer(arrays)[compiled.output(0)].copy())
-
-
-def compile_runner(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
-    compiled = torch.compile(module, dynamic=False)
-
-    def run(*tensors):
-        with torch.no_grad():
-            return compiled(*tensors)
-    return run
-
-
-def _timings(fns: dict[str, Callable[[], object]], rounds: int = TIMING_ROUNDS, calls: int = 3) -> dict[str, float]:
-    """Median seconds per call of each function, taken in turns (A B C A B C ...) so that a busy moment or a
-    runtime's threads still spinning after its call weigh on all alike."""
-    for fn in fns.values():
-        fn()
-    seen: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            seen[name].append((time.perf_counter() - t0) / calls)
-    return {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
 
 
 # ---------------------------------------------------------------- one model's engines
@@ -409,7 +274,7 @@ class ModelEngines:
         record: dict = {"notes": notes, "part": key[0], "shapes": [list(s) for s in key[1]]}
         if found:
             with torch.no_grad():
-                seconds = _timings({"eager": lambda: module(*inputs), **{c.engine: (lambda c=c: c.run(*inputs)) for c in found}})
+                seconds = timings({"eager": lambda: module(*inputs), **{c.engine: (lambda c=c: c.run(*inputs)) for c in found}})
             for choice in found:
                 choice.speedup = seconds["eager"] / seconds[choice.engine]
             record.update({c.engine: {"build_s": round(c.build_s, 2), "speedup": round(c.speedup, 3),
