@@ -74,6 +74,11 @@ class DecoderCall(torch.nn.Module):
         return self.vae.decode(latents / self.scale + self.shift, return_dict=False)[0]
 
 
+# ONNX Runtime's threads spin between calls (its default): measured faster here than without, 0.34-0.45 s against
+# 0.45-0.52 s an image.
+ORT_SPINNING = True
+
+
 def _numpy_runner(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., torch.Tensor]:
     def run(*tensors: torch.Tensor) -> torch.Tensor:
         arrays = [(t.detach().float() if t.is_floating_point() else t.detach()).contiguous().numpy() for t in tensors]
@@ -109,6 +114,7 @@ def onnx_runner(path: Path, threads: int) -> Callable[..., torch.Tensor]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ORT_SPINNING else "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return _numpy_runner(lambda arrays: session.run(None, dict(zip(names, arrays)))[0])
