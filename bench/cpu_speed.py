@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import interleaved
-from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
+from bench.common import interleaved, suite_pipeline
+from studio.config import StudioConfig
 from studio.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,16 +63,6 @@ class Server:
         self.proc.wait(30)
 
 
-def diffusers_pipe():
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(ASSETS_MODELS / DEFAULT_MODEL, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def image_flops() -> float:
     """FLOPs of one image of the studio's path (prompt encoding, 25 UNet calls at batch 2, the decode), counted by
     torch's FLOP counter on the eager path."""
@@ -102,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="cpu-speed-"))
     cache, outputs = work / "cache", work / "outputs"
-    pipe = diffusers_pipe()
+    pipe = suite_pipeline()
     generator = lambda: torch.Generator().manual_seed(SETTINGS["seed"])  # noqa: E731
 
     def diffusers_image():

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 
-from bench.common import interleaved
+from bench.common import interleaved, suite_pipeline
 from studio import engines
-from studio.config import ASSETS_MODELS, DEFAULT_MODEL
 
 
 class TextCall(torch.nn.Module):
     """Token ids -> the text encoder's last hidden state (what the UNet reads)."""
+
+    input_names = ["input_ids"]
 
     def __init__(self, text_encoder):
         super().__init__()
@@ -32,27 +32,16 @@ class TextCall(torch.nn.Module):
         return self.text_encoder(input_ids, return_dict=False)[0]
 
 
-def parts(pipe, batch: int) -> dict[str, tuple[torch.nn.Module, tuple, list[str]]]:
+def parts(pipe, batch: int) -> dict[str, tuple[torch.nn.Module, tuple]]:
     unet, vae = pipe.unet, pipe.vae
     side = unet.config.sample_size
     seq = pipe.tokenizer.model_max_length
     return {
         "unet": (engines.UNetCall(unet), (torch.randn(batch, 4, side, side), torch.full((batch,), 500.0),
-                                          torch.randn(batch, seq, unet.config.cross_attention_dim)),
-                 ["sample", "timestep", "encoder_hidden_states"]),
-        "decoder": (engines.DecoderCall(vae), (torch.randn(batch, 4, side, side),), ["latents"]),
-        "text_encoder": (TextCall(pipe.text_encoder), (torch.randint(0, pipe.tokenizer.vocab_size, (batch, seq)),),
-                         ["input_ids"]),
+                                          torch.randn(batch, seq, unet.config.cross_attention_dim))),
+        "decoder": (engines.DecoderCall(vae), (torch.randn(batch, 4, side, side),)),
+        "text_encoder": (TextCall(pipe.text_encoder), (torch.randint(0, pipe.tokenizer.vocab_size, (batch, seq)),)),
     }
-
-
-def openvino_bf16(path: Path, threads: int):
-    import numpy as np
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads})
-    request = compiled.create_infer_request()
-    return lambda *t: torch.from_numpy(np.ascontiguousarray(request.infer([x.numpy() for x in t])[compiled.output(0)]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,23 +49,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="also torch.compile (inductor)")
     args = p.parse_args(argv)
-    pipe = StableDiffusionPipeline.from_pretrained(ASSETS_MODELS / DEFAULT_MODEL, safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = suite_pipeline()
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.eval().requires_grad_(False)
     threads = torch.get_num_threads()
     work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     report: dict = {"threads": threads, "parts": {}}
     for batch in (1, 2):
-        for name, (module, inputs, names) in parts(pipe, batch).items():
+        for name, (module, inputs) in parts(pipe, batch).items():
             with torch.no_grad():
                 reference = module(*inputs)
             t0 = time.perf_counter()
-            path = engines.export_onnx(module, inputs, names, work / f"{name}-b{batch}")
+            path = engines.export_onnx(module, inputs, work / f"{name}-b{batch}")
             export_s = time.perf_counter() - t0
             runners = {"onnx": engines.onnx_runner(path, threads),
                        "openvino": engines.openvino_runner(path, threads, work / "ov"),
-                       "openvino_bf16": openvino_bf16(path, threads)}
+                       "openvino_bf16": engines.openvino_runner(path, threads, work / "ov", "bf16")}
             if args.compile:
                 t0 = time.perf_counter()
                 runners["compile"] = engines.compile_runner(module)

@@ -10,13 +10,12 @@ import argparse
 import json
 
 import torch
-from diffusers import StableDiffusionPipeline
 
 from bench.common import interleaved
 from studio.config import ASSETS_MODELS, StudioConfig
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
-from studio.sampling.schedulers import SAMPLERS
+from studio.shapes.evaluate import load_pipeline
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,10 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     manager = ModelManager(StudioConfig())
     manager.get(args.model)
-    pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
-    spec = SAMPLERS[args.sampler]
-    pipe.scheduler = spec.cls.from_config(pipe.scheduler.config, **spec.kwargs)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(args.model, sampler=args.sampler)
     prompt = "a big red star on the left"
 
     def ours(preview_every: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,6 +54,8 @@ def content_hash(files: list[Path], modules: list[torch.nn.Module] = ()) -> str:
 class UNetCall(torch.nn.Module):
     """(sample, timestep per row, encoder_hidden_states) -> the UNet's output: the loop's plain call."""
 
+    input_names = ["sample", "timestep", "encoder_hidden_states"]
+
     def __init__(self, unet):
         super().__init__()
         self.unet = unet
@@ -63,6 +66,8 @@ class UNetCall(torch.nn.Module):
 
 class DecoderCall(torch.nn.Module):
     """UNet-space latents -> image in [-1, 1]: as previews.vae_decode (scaling and shift inside)."""
+
+    input_names = ["latents"]
 
     def __init__(self, vae):
         super().__init__()
@@ -86,7 +91,7 @@ def _numpy_runner(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[...,
     return run
 
 
-def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], folder: Path) -> Path:
+def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], folder: Path) -> Path:
     """torch.onnx's exporter (torch.export based), static shapes, with its graph optimizations, into `folder`
     (model.onnx and its weights, model.onnx.data), made in a temporary folder and renamed when complete."""
     path = folder / "model.onnx"
@@ -96,7 +101,7 @@ def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
         with torch.no_grad():
-            torch.onnx.export(module, inputs, str(tmp / "model.onnx"), dynamo=True, input_names=names,
+            torch.onnx.export(module, inputs, str(tmp / "model.onnx"), dynamo=True, input_names=module.input_names,
                               output_names=["out"], optimize=True, verbose=False, external_data=True)
         try:
             tmp.replace(folder)
@@ -120,13 +125,14 @@ def onnx_runner(path: Path, threads: int) -> Callable[..., torch.Tensor]:
     return _numpy_runner(lambda arrays: session.run(None, dict(zip(names, arrays)))[0])
 
 
-def openvino_runner(path: Path, threads: int, cache: Path) -> Callable[..., torch.Tensor]:
+def openvino_runner(path: Path, threads: int, cache: Path, precision: str = "f32") -> Callable[..., torch.Tensor]:
+    """`precision` f32 by default: on CPUs with bf16 units OpenVINO's own default is bf16, which moved the UNet's
+    output by 3e-2 (bench.engines measures it)."""
     import openvino as ov
 
     core = ov.Core()
-    # f32: on CPUs with bf16 units OpenVINO's default precision is bf16, which moved the UNet's output by 3e-2.
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                                                     "CACHE_DIR": str(cache)})
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                     "INFERENCE_NUM_THREADS": threads, "CACHE_DIR": str(cache)})
     request = compiled.create_infer_request()
     return _numpy_runner(lambda arrays: request.infer(arrays)[compiled.output(0)].copy())
 
@@ -140,11 +146,13 @@ def compile_runner(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
     return run
 
 
-def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 3) -> dict[str, float]:
-    """Median seconds per call of each function, taken in turns (A B C A B C ...) so that a busy moment or a
-    runtime's threads still spinning after its call weigh on all alike."""
-    for fn in fns.values():
-        fn()
+def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, taken in turns (A B C A B C ...) so that a busy moment, drift, or a
+    runtime's threads still spinning after its call weigh on all alike; `calls` calls per turn. The benchmarks use
+    it too (bench.common.interleaved)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     seen: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -152,4 +160,4 @@ def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 
             for _ in range(calls):
                 fn()
             seen[name].append((time.perf_counter() - t0) / calls)
-    return {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
+    return {name: statistics.median(v) for name, v in seen.items()}

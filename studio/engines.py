@@ -126,7 +126,7 @@ class ModelEngines:
         return bool(self._pending)
 
     def wait(self, timeout: float = 600.0) -> None:
-        """Block until queued builds are done (tests, benches, `--engine-wait`)."""
+        """Block until queued builds are done (the CLI before exiting, tests, benches)."""
         t0 = time.monotonic()
         while self._pending and time.monotonic() - t0 < timeout:
             time.sleep(0.05)
@@ -274,21 +274,19 @@ class ModelEngines:
                 notes.append(f"{LABELS[name]} differs by {diff:.1e}")
                 continue
             found.append(Choice(name, run, time.perf_counter() - t0, diff))
-        record: dict = {"notes": notes, "part": key[0], "shapes": [list(s) for s in key[1]]}
-        if found:
-            with torch.no_grad():
-                seconds = timings({c.engine: (lambda c=c: c.run(*inputs)) for c in found})
-            for choice in found:
-                choice.speedup = eager_s / seconds[choice.engine]
-            record.update({c.engine: {"build_s": round(c.build_s, 2), "speedup": round(c.speedup, 3),
-                                      "max_abs_diff": c.max_abs_diff} for c in found})
-            best = max(found, key=lambda c: c.speedup)
-            if self.choice == "auto" and best.speedup < 1.0:
-                notes.append(f"{LABELS[best.engine]} was slower here ({best.speedup:.2f}x)")
-                best = Choice("eager", notes=notes)
-        else:
+        if not found:
             return Choice("eager", notes=notes or ["no engine could be built"])
-        record["chosen"] = best.engine
+        with torch.no_grad():
+            seconds = timings({c.engine: (lambda c=c: c.run(*inputs)) for c in found})
+        for choice in found:
+            choice.speedup = eager_s / seconds[choice.engine]
+        best = max(found, key=lambda c: c.speedup)
+        if self.choice == "auto" and best.speedup < 1.0:
+            notes.append(f"{LABELS[best.engine]} was slower here ({best.speedup:.2f}x)")
+            best = Choice("eager", notes=notes)
+        record = {"notes": notes, "part": key[0], "shapes": [list(s) for s in key[1]], "chosen": best.engine,
+                  **{c.engine: {"build_s": round(c.build_s, 2), "speedup": round(c.speedup, 3),
+                                "max_abs_diff": c.max_abs_diff} for c in found}}
         path = self._record_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
@@ -299,8 +297,7 @@ class ModelEngines:
             run = compile_runner(module)
             run(*inputs)  # compiles now, in the background (the inductor caches make a restart cheap)
             return run
-        names = ["sample", "timestep", "encoder_hidden_states"] if stem.startswith("unet") else ["latents"]
-        path = export_onnx(module, inputs, names, self.cache() / stem)
+        path = export_onnx(module, inputs, self.cache() / stem)
         if name == "onnx":
             return onnx_runner(path, self.threads)
         return openvino_runner(path, self.threads, self.cache() / "openvino")

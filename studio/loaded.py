@@ -27,6 +27,9 @@ def denoiser_name(pipe: DiffusionPipeline) -> str | None:
     return None
 
 
+TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
+
+
 @dataclass
 class LoadedModel:
     source: sources.ModelSource
@@ -36,14 +39,16 @@ class LoadedModel:
     engines: engines.ModelEngines | None = None  # fast paths for plain UNet and decoder calls (studio.engines)
     # Text conditioning of recent prompts (jobs.common.encode_prompt), valid while the text encoders are plain.
     prompt_cache: OrderedDict = field(default_factory=OrderedDict)
-    tokenizers: tuple = ()  # the loaded tokenizers: a job that swaps one in (embeddings) has changed the encoding
+    # The loaded tokenizers (taken from the pipe): a job that swaps one in (an embedding) has changed the encoding.
+    tokenizers: tuple = field(init=False, default=())
     tiny_vae: torch.nn.Module | None = None  # an AutoencoderTiny: previews, and fast DPS's gradient path
+
+    def __post_init__(self):
+        self.tokenizers = tuple(getattr(self.pipe, n, None) for n in TOKENIZERS)
 
     def text_encoders_plain(self) -> bool:
         """Whether the text encoders are as loaded: no LoRA in them, no embedding's tokenizer swapped in."""
-        names = ("tokenizer", "tokenizer_2", "tokenizer_3")
-        if len(self.tokenizers) != len(names) or any(getattr(self.pipe, n, None) is not t
-                                                       for n, t in zip(names, self.tokenizers)):
+        if any(getattr(self.pipe, n, None) is not t for n, t in zip(TOKENIZERS, self.tokenizers)):
             return False
         return not any(getattr(getattr(self.pipe, n, None), "peft_config", None)
                        for n in ("text_encoder", "text_encoder_2", "text_encoder_3"))

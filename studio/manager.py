@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import gc
-import warnings
 import hashlib
 import json
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -118,7 +118,6 @@ class ModelManager:
             self._place(pipe)
             model.engines = self._engines_for(model)
             model.tiny_vae = self._tiny_vae_for(model)
-            model.tokenizers = tuple(getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "tokenizer_3"))
             self._loaded[key] = model
             return model
 

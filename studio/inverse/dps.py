@@ -8,8 +8,9 @@ through the decoder and the UNet.
 Fast DPS (`fast=True`) takes the gradient with respect to x0_hat only, with no backward pass through the UNet (the
 manifold-preserving guidance of He et al. 2023 drops the same term): grad_{x_t} ~ (d x0_hat / d x_t with the
 network's Jacobian left out) * grad_{x0_hat}: 1/sqrt(alpha_bar_t) for epsilon models in VP space, sqrt(alpha_bar_t)
-for v-prediction, 1 for flow models; the loop gives it (LoopState.x0_scale) for every space. The model call then needs no gradients (and may run on an engine).
-The decoder in the gradient path may be a tiny one (AutoencoderTiny distilled from the full VAE).
+for v-prediction, 1 for flow models; the loop gives it for every space (LoopState.x0_scale). The model call then
+needs no gradients (and may run on an engine). The decoder in the gradient path may be a tiny one (AutoencoderTiny
+distilled from the full VAE).
 """
 from __future__ import annotations
 

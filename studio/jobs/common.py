@@ -90,7 +90,7 @@ def model_fn(model: LoadedModel) -> ModelFn:
 
         return transformer
 
-    fast = model.engines
+    fast = model.engines if model.engines is not None and model.engines.active else None  # else: no work per call
 
     def unet(x, t, embeds, added, control):
         if fast is not None and not control and added is None:  # a plain call: an engine may run it
@@ -162,7 +162,7 @@ def stream(manager: ModelManager, model: LoadedModel, run: Prepared, guidance_sc
     A Step carries a preview every `preview_every` steps (not on the last: the finished image follows), made by
     `preview` from the loop state (default: the x0-hat through the model's cheapest preview)."""
     scheduler, every = run.scheduler, preview_every
-    make_preview = preview or (lambda state: default_preview(model, state.x0_hat))
+    make_preview = preview or default_previewer(model)
     # Second-order samplers (Heun) evaluate the model twice per step: report sampler steps, as users count them.
     order = getattr(scheduler, "order", 1)
     budget = job_budget(manager, model, run, guidance_scale, bool(hooks and hooks.needs_grad))
@@ -199,9 +199,24 @@ def job_budget(manager: ModelManager, model: LoadedModel, run: Prepared, guidanc
     return Budget(key, calls, run.size, manager.config.limits.max_job_seconds, manager.config.device)
 
 
-def default_preview(model: LoadedModel, x0_hat: torch.Tensor) -> list[Image.Image]:
-    """x0-hat as pictures: through the model's tiny decoder when it has one (close to the full decode at a
-    fraction of its cost), else its linear latent->RGB map (costless, blurry), else a VAE decode."""
-    if model.tiny_vae is not None:
-        return previews.to_pil(previews.tiny_decode(model.tiny_vae, x0_hat.detach()))
-    return previews.preview(x0_hat.detach(), model.pipe.vae, model.latent_rgb, model.vae_scale_factor)
+TINY_PREVIEW_SECONDS = 0.1  # the page shows at most ten updates a second (ui.common.STEP_UPDATE_SECONDS)
+
+
+def default_previewer(model: LoadedModel) -> Callable[[LoopState], list[Image.Image]]:
+    """x0-hat as pictures, for one run: through the model's tiny decoder when it has one (close to the full decode),
+    else its linear latent->RGB map (costless, blurry), else a VAE decode. The tiny decoder runs at most every
+    TINY_PREVIEW_SECONDS; steps in between get its last picture (never older than that): a tiny decode at every
+    step made a suite image 24% slower, for previews the page could not show that fast."""
+    if model.tiny_vae is None:
+        return lambda state: previews.preview(state.x0_hat.detach(), model.pipe.vae, model.latent_rgb,
+                                              model.vae_scale_factor)
+    last = {"at": -float("inf"), "images": None}
+
+    def make(state: LoopState) -> list[Image.Image]:
+        if last["images"] is None or time.perf_counter() - last["at"] >= TINY_PREVIEW_SECONDS \
+                or len(last["images"]) != len(state.x0_hat):
+            last["images"] = previews.to_pil(previews.tiny_decode(model.tiny_vae, state.x0_hat.detach()))
+            last["at"] = time.perf_counter()
+        return last["images"]
+
+    return make

@@ -149,16 +149,15 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         # 2. DPS through the one loop, gradients on for the model call (full DPS) or from x0-hat on (fast DPS).
         run = _prepare(model, req, size)
         fast = req.dps_mode == "fast"
-        correction = dps.DPSCorrection(op, y, _gradient_decoder(model, req.tiny_decoder), zeta,
-                                       fast=fast)
+        correction = dps.DPSCorrection(op, y, _gradient_decoder(model, req.tiny_decoder), zeta, fast=fast)
         if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
             with torch.no_grad():
                 start = previews.vae_encode(pipe.vae, op.estimate(y))
             run = start_from(run, start, req.steps, req.strength)
             if op.known_mask() is not None:
                 outputs["start"] = op.estimate(y)  # scored too: what DPS improved on
-        outputs["dps"] = yield from _sample(manager, model, req, run, Hooks(correction=correction, needs_grad=zeta > 0 and not fast),
-                                        "dps")
+        hooks = Hooks(correction=correction, needs_grad=zeta > 0 and not fast)
+        outputs["dps"] = yield from _sample(manager, model, req, run, hooks, "dps")
         # 3. The baseline: mask blending where pixels are known as they are, else the operator's classical estimate.
         if req.baseline:
             known = op.known_mask()
