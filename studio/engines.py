@@ -35,6 +35,7 @@ __all__ = ["ENGINES", "Choice", "DecoderCall", "ModelEngines", "UNetCall", "chec
 ENGINES = ("auto", "eager", "compile", "onnx", "openvino")
 LABELS = {"eager": "PyTorch eager", "compile": "torch.compile", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 AUTO_CANDIDATES = ("onnx", "openvino")  # torch.compile takes minutes per shape here: only when asked for by name
+IDLE_SECONDS = 1.5  # the builder's heavy stages wait for this long without a job
 TOLERANCE = 1e-3  # max abs difference from eager on the same input (fp32 engines differ by ~1e-6)
 
 
@@ -76,9 +77,11 @@ class ModelEngines:
     """The engines of one loaded model: per (part, input shapes), a Choice once built; a background builder."""
 
     def __init__(self, choice: str, cache_dir: Path, weights: list[Path], parts: dict[str, torch.nn.Module],
-                 device: str, threads: int | None = None):
+                 device: str, threads: int | None = None, idle: Callable[[], bool] = lambda: True):
         """`weights`: the files the parts' weights and configs come from (their content keys the cache); empty:
-        the parts' tensors are hashed instead."""
+        the parts' tensors are hashed instead. `idle`: whether no job runs; the builder starts its heavy stages
+        (export, timing) only then."""
+        self._idle = idle
         self.choice = check_engine(choice)
         self.device = device
         self.parts = parts  # "unet": UNetCall, "decoder": DecoderCall (live modules: the eager path)
@@ -222,6 +225,7 @@ class ModelEngines:
                     self._worker = None
                     return
                 key, module, inputs = self._queue.get()
+            self._wait_idle()
             try:
                 choice = self.build(key, module, inputs)
             except Exception as e:  # noqa: BLE001 - a failed build leaves the part eager, with the reason shown
@@ -229,6 +233,18 @@ class ModelEngines:
             with self._lock:
                 self._ready[key] = choice
                 self._pending.discard(key)
+
+    def _wait_idle(self, timeout: float = 600.0) -> None:
+        """Until no job has run for IDLE_SECONDS: on two cores an export beside a job made that job's image 5x
+        slower (2.4 s eager, 11.8 s with the export beside it), and timings taken beside a job are wrong. A user
+        who clicks again within that time keeps the CPU; an export already started still shares it."""
+        t0 = quiet_since = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if not self._idle():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= IDLE_SECONDS:
+                return
+            time.sleep(0.1)
 
     def _private(self, part: str) -> torch.nn.Module:
         # A private copy: exporting or compiling must not touch the module that jobs are running. Without the
@@ -276,6 +292,7 @@ class ModelEngines:
             found.append(Choice(name, run, time.perf_counter() - t0, diff))
         if not found:
             return Choice("eager", notes=notes or ["no engine could be built"])
+        self._wait_idle()  # a job running beside the timing would decide the choice
         with torch.no_grad():
             seconds = timings({c.engine: (lambda c=c: c.run(*inputs)) for c in found})
         for choice in found:

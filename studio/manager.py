@@ -151,7 +151,8 @@ class ModelManager:
             weights = sorted(location.glob("unet/*.safetensors")) + sorted(location.glob("vae/*.safetensors"))
             files = weights + [location / d / "config.json" for d in ("unet", "vae")] if weights else []
         parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
-        return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device)
+        return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device,
+                                    idle=lambda: not self.busy())
 
     def _load(self, source: sources.ModelSource) -> DiffusionPipeline:
         kwargs = {"dtype": self.config.dtype}
