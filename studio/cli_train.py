@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     t.add_argument("--prior", action="store_true", help="prior preservation: class images drawn by the base model")
     t.add_argument("--prior-weight", type=float, default=1.0)
     t.add_argument("--class-images", type=int, default=50)
+    t.add_argument("--class-prompt", action="append", default=None,
+                   help="prior preservation's prompt (<class>: the class word; default 'a <class>'); give it several "
+                        "times and the class images cycle through them")
     t.add_argument("--full", action="store_true", help="DreamBooth: fine-tune the whole UNet (a new model folder)")
     t.add_argument("--steps", type=int, default=0, help=f"default {DEFAULTS['lora']['steps']}")
     t.add_argument("--batch", type=int, default=4, help="global batch (split over the processes)")
@@ -54,6 +57,8 @@ def add_parser(sub) -> None:
 
 def request_from_args(args: argparse.Namespace) -> TrainRequest:
     extra = {"template": args.caption} if args.caption else {}
+    if args.class_prompt:
+        extra["class_prompt"] = "\n".join(args.class_prompt)
     return TrainRequest(
         method=args.method, images_dir=args.images, token=args.token, class_word=args.class_word, prior=args.prior,
         prior_weight=args.prior_weight, class_images=args.class_images, full=args.full, steps=args.steps, batch=args.batch,

@@ -235,10 +235,12 @@ def test_textual_inversion_trains_only_the_token_rows(pmanager, pconfig, image_d
 
 
 def test_dreambooth_full_with_prior_writes_a_model_the_pickers_list(pmanager, pconfig, image_dir):
-    events = run_job(pmanager, method="dreambooth", full=True, prior=True, class_images=2, images_dir=image_dir,
-                     name="blob-db", steps=3)
-    assert any(isinstance(e, Notice) and "class images" in e.text for e in events)
+    events = run_job(pmanager, method="dreambooth", full=True, prior=True, class_images=3, images_dir=image_dir,
+                     name="blob-db", steps=3, class_prompt="a red <class>\n\n a blue <class> on the left ")
+    assert any(isinstance(e, Notice) and "3 class images of 2 class prompts" in e.text for e in events)
     assert isinstance(events[-1], Result)
+    drawn = json.loads((pconfig.models_dir / ".training" / "blob-db" / "class_images" / "prompt.json").read_text())
+    assert drawn["prompts"] == ["a red circle", "a blue circle on the left"] and drawn["count"] == 3
     from studio import sources
     assert "blob-db" in sources.list_models(pconfig)
     # An embedding of the same token in models/embeddings is found by its token, but the model's own word wins.
@@ -360,8 +362,9 @@ def test_the_tab_builds_and_its_form_makes_a_request(pconfig, tmp_path):
     assert rows == [["a.png", "a <tok> <class>"], ["b.png", "a <tok> <class>"]]
     rows[1][1] = "a red <tok>"
     req = personalize.request_from_form(files, rows, "dreambooth-full", "<blob>", "circle", "", "tiny-sd", 10, 2, 0, 0,
-                                        4, False, False, True, 1.0, 5, 0.3, True, 0, 0, "a <tok>\n", 0, False)
+                                        4, False, False, True, 1.0, 5, 0.3, True, 0, 0, "a <tok>\n", 0, "a <class>\na big <class>")
     assert req.method == "dreambooth" and req.full and req.prior and req.steps == 10 and req.word_dropout == 0.3
+    assert req.class_prompt == "a <class>\na big <class>" and not req.resume
     assert [c for _, _, c in req.images] == ["a <tok> <class>", "a red <tok>"] and req.sample_prompts == ("a <tok>",)
 
 
@@ -385,3 +388,15 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, imag
     done = cli(*args[:args.index("--steps") + 1], "12", *args[args.index("--steps") + 2:], "--resume")
     assert done.returncode == 0, done.stderr
     assert "Resumed from the checkpoint" in done.stderr and (tmp_path / "blob" / "card.json").is_file()
+
+
+def test_cli_class_prompts_repeat_into_one_request():
+    from studio import cli, cli_train
+
+    args = cli.build_parser().parse_args(["train", "--method", "dreambooth", "--images", "x", "--token", "<t>",
+                                          "--class-word", "shape", "--prior", "--class-prompt", "a red <class>",
+                                          "--class-prompt", "a big <class>"])
+    req = cli_train.request_from_args(args)
+    assert req.prior and req.class_prompt == "a red <class>\na big <class>"
+    plain = cli_train.request_from_args(cli.build_parser().parse_args(["train", "--images", "x", "--token", "<t>"]))
+    assert plain.class_prompt == TrainRequest.class_prompt

@@ -69,6 +69,7 @@ class TrainRequest:
     checkpoint_every: int = 50
     minutes: float = 0.0  # wall-time cap (0: none)
     word_dropout: float = 0.5  # caption words but the token left out at random, so the token is not tied to them
+    uncond_dropout: float = 0.0  # captions replaced by the empty one (keeps CFG's unconditional prediction in place)
     resume: bool = False
     out: Path | None = None  # default: models/lora/<name>, models/embeddings/<name>, models/<name> (DreamBooth full)
     command: str = ""  # how it was started, for the model card
@@ -234,24 +235,32 @@ def _schedule(req: TrainRequest, token: str, images: list) -> trainer.Schedule:
         steps=req.steps, batch=req.batch, lr=req.lr, token_lr=req.token_lr, prior_weight=req.prior_weight, seed=req.seed,
         warmup=min(50, req.steps // 10), checkpoint_every=req.checkpoint_every,
         sample_every=req.sample_every or max(1, req.steps // 4), sample_prompts=prompts, sample_seeds=req.sample_seeds,
-        minutes=req.minutes, word_dropout=req.word_dropout, keep_words=(token,))
+        minutes=req.minutes, word_dropout=req.word_dropout, keep_words=(token,), uncond_dropout=req.uncond_dropout)
+
+
+def class_prompts(req: TrainRequest) -> list[str]:
+    """The class prompts, one per line of `class_prompt` (placeholders filled in); class images cycle through them."""
+    lines = [datasets.fill(line, req.token, req.class_word.strip()) for line in req.class_prompt.splitlines()]
+    return [line for line in lines if line] or [datasets.fill(TrainRequest.class_prompt, req.token, req.class_word)]
 
 
 def _class_images(parts: trainer.Parts, req: TrainRequest, work: Path, device, main: bool) -> Iterator[Notice]:
-    """The base model's images for the class prompt (prior preservation), drawn once and kept in the work folder
+    """The base model's images for the class prompts (prior preservation), drawn once and kept in the work folder
     (other processes than the main one draw their own, the same, and keep none)."""
-    prompt = datasets.fill(req.class_prompt, req.token, req.class_word.strip())
+    chosen = class_prompts(req)
+    captions = [chosen[k % len(chosen)] for k in range(req.class_images)]
     folder = work / "class_images"
     stamp = folder / "prompt.json"
-    wanted = {"prompt": prompt, "count": req.class_images, "seed": req.seed}
+    wanted = {"prompts": chosen, "count": req.class_images, "seed": req.seed}
     from PIL import Image
 
     if main and stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         images = [Image.open(folder / f"{k:04d}.png").convert("RGB") for k in range(req.class_images)]
     else:
-        yield Notice(f"Drawing {req.class_images} class images of {prompt!r} with the base model (prior preservation).")
+        what = repr(chosen[0]) if len(chosen) == 1 else f"{len(chosen)} class prompts"
+        yield Notice(f"Drawing {req.class_images} class images of {what} with the base model (prior preservation).")
         seeds = [1_000_000 + req.seed * 10_000 + k for k in range(req.class_images)]
-        images = trainer.draw(trainer.preview_pipeline(parts), [prompt] * req.class_images, seeds)
+        images = trainer.draw(trainer.preview_pipeline(parts), captions, seeds)
         if main:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
@@ -259,7 +268,7 @@ def _class_images(parts: trainer.Parts, req: TrainRequest, work: Path, device, m
                 image.save(folder / f"{k:04d}.png")
             stamp.write_text(json.dumps(wanted))
     pixels = datasets.to_tensor(images, flip=False)
-    return trainer.encode_images(parts.vae, pixels, device), [prompt] * len(images)
+    return trainer.encode_images(parts.vae, pixels, device), captions
 
 
 def _export(req: TrainRequest, parts: trainer.Parts, pipe, token: str, ids: list[int], out: Path) -> dict[str, Path]:

@@ -69,6 +69,9 @@ class Schedule:
     minutes: float = 0.0  # a wall-time cap (0: none); the run stops with a checkpoint when it is reached
     word_dropout: float = 0.0  # each caption word but the token is left out with this probability (kohya's tag dropout)
     keep_words: tuple[str, ...] = ()  # never left out (the token)
+    # Share of captions (concept and class alike) replaced by the empty one, as the base model was trained for
+    # classifier-free guidance: without it the unconditional prediction CFG subtracts is never trained and drifts.
+    uncond_dropout: float = 0.0
 
 
 @dataclass
@@ -229,6 +232,10 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
             x0 = torch.cat([x0, class_latents[cviews[share]]])
             captions += [data.class_captions[i] for i in cviews[share].tolist()]
             eps, tt = torch.cat([eps, cnoise[share]]), torch.cat([tt, ct[share]])
+        if s.uncond_dropout:  # drawn last, so that a run without it keeps its random stream
+            empty = (torch.rand(2 * s.batch, generator=g) < s.uncond_dropout).tolist()
+            empty = empty[share] + empty[s.batch:][share]
+            captions = ["" if e else c for c, e in zip(captions, empty)]
         # 4. The loss: the concept's images, plus prior_weight x the class images'.
         lr_scale = lr_at(1.0, step / s.steps, step, warmup=max(1, s.warmup), floor=0.1)
         for group in optimizer.param_groups:

@@ -34,18 +34,19 @@ RUNS = [
 
 
 def images_for(manager: ModelManager, model: str, sampler: str, steps: int, prompts: list[str], cfg: float,
-               seed: int = 1) -> np.ndarray:
+               seed: int = 1, shift: float = 0.0) -> np.ndarray:
     """uint8 images, prompt k with seed + k, through txt2img (one job per prompt)."""
     out = []
     for k, prompt in enumerate(prompts):
         req = Txt2ImgRequest(prompt=prompt, model=model, sampler=sampler, steps=steps, guidance_scale=cfg, seed=seed + k,
-                             preview_every=0, save=False)
+                             preview_every=0, save=False, shift=shift)
         result = [e for e in txt2img(manager, req) if isinstance(e, Result)][-1]
         out.append(np.asarray(result.images[0].convert("RGB")))
     return np.stack(out)
 
 
-def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight: int = 16, engine: str = "eager") -> dict:
+def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight: int = 16, engine: str = "eager",
+        shift: float = 0.0) -> dict:
     manager = ModelManager(StudioConfig(engine=engine))
     judge = ev.load(ASSETS_MODELS / DEFAULT_MODEL / "evaluator")
     prompts, wanted = evaluate.prompt_set(n_prompts)
@@ -53,15 +54,16 @@ def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight
     for model, sampler, evaluations in runs:
         steps = steps_for(sampler, evaluations)
         t0 = time.time()
-        images = images_for(manager, model, sampler, steps, prompts, cfg)
+        flow_shift = shift if model == FLOW_MODEL else 0.0
+        images = images_for(manager, model, sampler, steps, prompts, cfg, shift=flow_shift)
         entry = {"model": model, "sampler": sampler, "evaluations": evaluations, "steps": steps,
                  "adherence": evaluate.adherence_report(ev.predict(judge, images), wanted),
-                 "seconds": round(time.time() - t0, 1)}
+                 "seconds": round(time.time() - t0, 1), **({"shift": flow_shift} if flow_shift else {})}
         if model == FLOW_MODEL:
             loaded = manager.get(model)
             entry["straightness"] = round(float(np.mean([
                 straightness(manager, loaded, Txt2ImgRequest(prompt=p, model=model, sampler=sampler, steps=steps,
-                                                             guidance_scale=cfg, seed=1 + k))
+                                                             guidance_scale=cfg, seed=1 + k, shift=flow_shift))
                 for k, p in enumerate(prompts[:n_straight])])), 5)
         print(json.dumps(entry), flush=True)
         report["runs"].append(entry)
@@ -77,11 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default="", help="only these runs, as sampler:evaluations (comma-separated)")
     p.add_argument("--engine", default="eager", help="CPU engine for the UNet and decoder (studio.engines); "
                                                      "outputs within 1e-3 of eager")
+    p.add_argument("--shift", type=float, default=0.0, help="the flow model's timestep shift (0: its own)")
     args = p.parse_args(argv)
     wanted = {m for m in args.models.split(",") if m}
     only = {r for r in args.runs.split(",") if r}
     chosen = [r for r in RUNS if (not wanted or r[0] in wanted) and (not only or f"{r[1]}:{r[2]}" in only)]
-    report = run(args.prompts, args.cfg, chosen, engine=args.engine)
+    report = run(args.prompts, args.cfg, chosen, engine=args.engine, shift=args.shift)
     if args.write:
         path = Path(ASSETS_MODELS / FLOW_MODEL / "eval_flow.json")
         if path.is_file():  # runs measured earlier (same prompts and CFG) stay unless measured again

@@ -28,6 +28,7 @@ from studio.shapes.drawing import background, draw_object
 
 DEMO = ROOT / "assets" / "personalize" / "heart"
 EVAL_SEED = 70_000
+CLASS_SEED = 90_000  # the varied class prompts of DreamBooth's prior: scenes other than the adherence check's
 TOKEN = "<heart>"
 SAMPLER, STEPS, CFG = "DPM++ 2M", 25, 5.0
 
@@ -73,12 +74,17 @@ def concept(manager, seeds: int, colours: tuple[str, ...] = ("blue",), **request
     return out
 
 
+def plain_prompts(seed: int, n: int) -> list[str]:
+    """n single-shape captions of the suite (e.g. 'a green square'), drawn from scenes of `seed`."""
+    _, captions, _ = scenes.render_batch(seed, 4 * n)
+    return [c for c in captions if not any(w in c for w in ("two", "three", "person", "man", "woman", "figure",
+                                                             "someone"))][:n]
+
+
 def adherence(manager, n_prompts: int, **request) -> float:
-    """Plain prompts (fresh single-shape captions of the suite, e.g. 'a green square'): fraction whose every asked
-    attribute the suite's evaluator finds."""
-    _, captions, _ = scenes.render_batch(EVAL_SEED, 4 * n_prompts)
-    chosen = [c for c in captions if not any(w in c for w in ("two", "three", "person", "man", "woman", "figure",
-                                                               "someone"))][:n_prompts]
+    """Plain prompts (fresh single-shape captions of the suite): fraction whose every asked attribute the suite's
+    evaluator finds."""
+    chosen = plain_prompts(EVAL_SEED, n_prompts)
     judges = manager.get("shapes-v1").judges  # the suite's evaluator judges every model's images
     hits = []
     for k, caption in enumerate(chosen):
@@ -142,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db-extra", default="{}", help="JSON of further TrainRequest settings for the dreambooth stage")
     p.add_argument("--db-priors", default="1,0", help="which DreamBooth runs: with (1) and without (0) prior")
     p.add_argument("--base-adherence", type=float, default=-1.0, help="the base model's, when measured before")
+    p.add_argument("--db-class-prompts", type=int, default=0,
+                   help="DreamBooth's prior: class images from this many varied suite captions (other seeds than the "
+                        "adherence check's), as a user lists what the base model should keep; 0: one prompt 'a diamond'")
     p.add_argument("--db-concept-seeds", type=int, default=0, help="seeds for DreamBooth's concept check (0: --seeds)")
     args = p.parse_args(argv)
     if args.recolour is not None:
@@ -171,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             base = args.base_adherence if args.base_adherence >= 0 else adherence(manager, args.prompts)
             results["dreambooth"] = {"base_adherence": base}
             db = {"full": True, "class_images": 50, **json.loads(args.db_extra)}
+            if args.db_class_prompts:
+                db["class_prompt"] = "\n".join(plain_prompts(CLASS_SEED, args.db_class_prompts))
             for prior in (bool(int(v)) for v in args.db_priors.split(",")):
                 name = f"heart-db-{'prior' if prior else 'noprior'}"
                 req = TrainRequest(method="dreambooth", prior=prior, name=name, **{**common, **db})

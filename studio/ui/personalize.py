@@ -38,13 +38,13 @@ def caption_rows(files, template: str) -> list[list[str]]:
 
 FORM_FIELDS = ("images", "captions", "method", "token", "class_word", "name", "model", "steps", "batch", "lr", "token_lr",
                "rank", "text_encoder_lora", "conv_lora", "prior", "prior_weight", "class_images", "word_dropout", "flip",
-               "seed", "sample_every", "sample_prompts", "minutes")
+               "seed", "sample_every", "sample_prompts", "minutes", "class_prompts")
 
 
 def request_from_form(images, captions, method: str, token: str, class_word: str, name: str, model: str, steps,
                       batch, lr, token_lr, rank, text_encoder_lora: bool, conv_lora: bool, prior: bool, prior_weight,
                       class_images, word_dropout, flip: bool, seed, sample_every, sample_prompts: str, minutes,
-                      resume: bool) -> TrainRequest:
+                      class_prompts: str = "", resume: bool = False) -> TrainRequest:
     """The form's values as a TrainRequest; a caption left empty takes the template's."""
     table = captions.values.tolist() if isinstance(captions, pd.DataFrame) else (captions or [])
     by_name = {str(row[0]): str(row[1]).strip() for row in table if len(row) >= 2}
@@ -64,6 +64,7 @@ def request_from_form(images, captions, method: str, token: str, class_word: str
         word_dropout=number_field("word_dropout", word_dropout, d.word_dropout), flip=bool(flip),
         seed=number_field("seed", seed, d.seed), sample_every=number_field("sample_every", sample_every, d.sample_every),
         sample_prompts=prompts, minutes=number_field("minutes", minutes, d.minutes), resume=resume,
+        class_prompt=(class_prompts or "").strip() or d.class_prompt,
         command="the Personalize tab")
 
 
@@ -105,6 +106,10 @@ def build(studio: Studio) -> None:
                     prior = gr.Checkbox(label="Prior preservation (class images from the base model)")
                     prior_weight = gr.Number(value=1.0, label="Prior loss weight")
                     class_images = gr.Number(value=TrainRequest.class_images, label="Class images", precision=0)
+                class_prompts = gr.Textbox(
+                    value=TrainRequest.class_prompt, lines=2, elem_id="pz-class-prompts",
+                    label="Class prompts (prior preservation; one a line, <class> is the class word)",
+                    info="Class images cycle through them: list what the model should keep drawing as before")
                 with gr.Row():
                     word_dropout = gr.Number(value=TrainRequest.word_dropout, label="Caption word dropout",
                                              info="0-1; words other than the token")
@@ -132,7 +137,7 @@ def build(studio: Studio) -> None:
     # The API's parameter names: request_from_form's (images, captions, method, token, class_word, ...).
     named = dict(zip(FORM_FIELDS, [files, captions, method, token, class_word, name, model, steps, batch, lr, token_lr,
                                    rank, text_encoder_lora, conv_lora, prior, prior_weight, class_images, word_dropout,
-                                   flip, seed, sample_every, sample_prompts, minutes]))
+                                   flip, seed, sample_every, sample_prompts, minutes, class_prompts]))
     outputs = [bar, progress, plot, grid, result]
 
     def run(resume: bool, values: dict, request: gr.Request | None):
