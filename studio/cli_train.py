@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     t.add_argument("--prior", action="store_true", help="prior preservation: class images drawn by the base model")
     t.add_argument("--prior-weight", type=float, default=1.0)
     t.add_argument("--class-images", type=int, default=50)
+    t.add_argument("--ema-decay", type=float, default=0.0,
+                   help="save a moving average of the trained weights with this decay, e.g. 0.99 (0: the last step's)")
     t.add_argument("--class-prompt", action="append", default=None,
                    help="prior preservation's prompt (<class>: the class word; default 'a <class>'); give it several "
                         "times and the class images cycle through them")
@@ -64,7 +66,7 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
         prior_weight=args.prior_weight, class_images=args.class_images, full=args.full, steps=args.steps, batch=args.batch,
         lr=args.lr, token_lr=args.token_lr, rank=args.rank, alpha=args.alpha, text_encoder_lora=args.text_encoder_lora,
         conv_lora=not args.no_conv_lora, word_dropout=args.word_dropout, vectors=args.vectors, flip=not args.no_flip,
-        seed=args.seed, minutes=args.minutes,
+        seed=args.seed, minutes=args.minutes, ema_decay=args.ema_decay,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, resume=args.resume, name=args.name,
         model=args.model, out=args.out, command="python -m studio " + shlex.join(sys.argv[1:]), **extra)
 

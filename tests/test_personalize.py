@@ -274,6 +274,25 @@ def test_resume_gives_the_loss_curve_of_an_uninterrupted_run(pmanager, image_dir
         run_job(pmanager, images_dir=image_dir, name="parts", steps=6, resume=True)
 
 
+def test_weight_average_is_saved_and_resumes(pmanager, pconfig, image_dir, monkeypatch):
+    def weights(name):
+        return load_file(str(pconfig.models_dir / "lora" / name / "pytorch_lora_weights.safetensors"))
+
+    run_job(pmanager, images_dir=image_dir, name="raw", steps=6, checkpoint_every=2)
+    run_job(pmanager, images_dir=image_dir, name="avg", steps=6, checkpoint_every=2, ema_decay=0.5)
+    raw, avg = weights("raw"), weights("avg")
+    assert raw.keys() == avg.keys() and any(not torch.allclose(raw[k], avg[k]) for k in raw)
+    calls = {"n": 0}
+    monkeypatch.setattr(pmanager, "should_stop", lambda: calls.__setitem__("n", calls["n"] + 1) or calls["n"] >= 3)
+    run_job(pmanager, images_dir=image_dir, name="avg2", steps=6, checkpoint_every=2, ema_decay=0.5)
+    monkeypatch.setattr(pmanager, "should_stop", lambda: False)
+    run_job(pmanager, images_dir=image_dir, name="avg2", steps=6, checkpoint_every=2, ema_decay=0.5, resume=True)
+    resumed = weights("avg2")
+    assert all(torch.allclose(avg[k], resumed[k], rtol=1e-4, atol=1e-6) for k in avg)
+    with pytest.raises(RequestError, match="decay"):
+        run_job(pmanager, images_dir=image_dir, name="bad", ema_decay=1.0)
+
+
 def test_disk_full_keeps_the_last_checkpoint(pmanager, image_dir, monkeypatch):
     from studio.training import common
 
@@ -395,8 +414,8 @@ def test_cli_class_prompts_repeat_into_one_request():
 
     args = cli.build_parser().parse_args(["train", "--method", "dreambooth", "--images", "x", "--token", "<t>",
                                           "--class-word", "shape", "--prior", "--class-prompt", "a red <class>",
-                                          "--class-prompt", "a big <class>"])
+                                          "--class-prompt", "a big <class>", "--ema-decay", "0.99"])
     req = cli_train.request_from_args(args)
-    assert req.prior and req.class_prompt == "a red <class>\na big <class>"
+    assert req.prior and req.class_prompt == "a red <class>\na big <class>" and req.ema_decay == 0.99
     plain = cli_train.request_from_args(cli.build_parser().parse_args(["train", "--images", "x", "--token", "<t>"]))
     assert plain.class_prompt == TrainRequest.class_prompt

@@ -69,7 +69,7 @@ class TrainRequest:
     checkpoint_every: int = 50
     minutes: float = 0.0  # wall-time cap (0: none)
     word_dropout: float = 0.5  # caption words but the token left out at random, so the token is not tied to them
-    uncond_dropout: float = 0.0  # captions replaced by the empty one (keeps CFG's unconditional prediction in place)
+    ema_decay: float = 0.0  # the result is a moving average of the weights (0: the last step's)
     resume: bool = False
     out: Path | None = None  # default: models/lora/<name>, models/embeddings/<name>, models/<name> (DreamBooth full)
     command: str = ""  # how it was started, for the model card
@@ -102,6 +102,8 @@ def validate(req: TrainRequest) -> TrainRequest:
             raise RequestError(f"{what} must be between {low} and {high} (got {value}).")
     if req.lr < 0 or req.token_lr < 0 or req.prior_weight < 0 or req.minutes < 0:
         raise RequestError("Learning rates, the prior weight and the time budget cannot be negative.")
+    if not 0 <= req.ema_decay < 1:
+        raise RequestError(f"The weight average's decay must be at least 0 and below 1 (got {req.ema_decay}).")
     if req.prior and not req.class_word.strip():
         raise RequestError("Prior preservation needs a class word (e.g. 'dog' for a dog, 'diamond' for a pointed "
                            "shape): the base model draws class images from it.")
@@ -235,7 +237,7 @@ def _schedule(req: TrainRequest, token: str, images: list) -> trainer.Schedule:
         steps=req.steps, batch=req.batch, lr=req.lr, token_lr=req.token_lr, prior_weight=req.prior_weight, seed=req.seed,
         warmup=min(50, req.steps // 10), checkpoint_every=req.checkpoint_every,
         sample_every=req.sample_every or max(1, req.steps // 4), sample_prompts=prompts, sample_seeds=req.sample_seeds,
-        minutes=req.minutes, word_dropout=req.word_dropout, keep_words=(token,), uncond_dropout=req.uncond_dropout)
+        minutes=req.minutes, word_dropout=req.word_dropout, keep_words=(token,), ema_decay=req.ema_decay)
 
 
 def class_prompts(req: TrainRequest) -> list[str]:

@@ -69,9 +69,9 @@ class Schedule:
     minutes: float = 0.0  # a wall-time cap (0: none); the run stops with a checkpoint when it is reached
     word_dropout: float = 0.0  # each caption word but the token is left out with this probability (kohya's tag dropout)
     keep_words: tuple[str, ...] = ()  # never left out (the token)
-    # Share of captions (concept and class alike) replaced by the empty one, as the base model was trained for
-    # classifier-free guidance: without it the unconditional prediction CFG subtracts is never trained and drifts.
-    uncond_dropout: float = 0.0
+    # Exponential moving average of the trained weights (0: off), started from the base weights; the result saves the
+    # average. Small-batch steps make the weights wander around where the loss is low; the average stays nearer.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -116,6 +116,31 @@ class TrainedState:
         for n, p in named.items():
             p.copy_(state[n])
         self.embedding[self.parts.token_ids] = state["token_rows"].to(self.embedding)
+
+
+class WeightAverage:
+    """An exponential moving average of the trained UNet / text-encoder weights (not the token's rows), for
+    checkpoints like any part; `apply` copies it into the weights at the end."""
+
+    def __init__(self, state: TrainedState, decay: float):
+        self.state, self.decay = state, decay
+        self.averaged = {n: p.detach().clone() for n, p in state.named().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for n, p in self.state.named().items():
+            self.averaged[n].lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for n, p in self.state.named().items():
+            p.copy_(self.averaged[n])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: v.cpu() for n, v in self.averaged.items()}
+
+    def load_state_dict(self, saved: dict[str, torch.Tensor]) -> None:
+        self.averaged = {n: saved[n].to(v) if n in saved else v for n, v in self.averaged.items()}
 
 
 def drop_words(caption: str, keep: tuple[str, ...], p: float, g: torch.Generator) -> str:
@@ -183,6 +208,7 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
     embedding.weight.requires_grad_(True)
     state = TrainedState(parts)
     optimizer = _optimizer(state, s)
+    average = WeightAverage(state, s.ema_decay) if s.ema_decay else None
     # 2. Resume: the trained tensors, the optimizer and the loss curve so far.
     checkpoints = work / "checkpoints"
     start = latest_step(checkpoints)
@@ -192,6 +218,8 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
         state.load_state_dict(saved["trained"])
         optimizer.load_state_dict(saved["optimizer"])
         losses = list(saved["losses"].tolist())
+        if average is not None and "average" in saved:  # (a checkpoint from a run without it: averaged from here)
+            average.load_state_dict(saved["average"])
         yield Notice(f"Resumed from the checkpoint at step {start} of {s.steps}.")
     guard = RowGuard(embedding, parts.token_ids)
     # DDP wraps only what trains (a module with nothing to train cannot be wrapped).
@@ -205,7 +233,8 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
     def checkpoint(at: int) -> Path | None:
         if not accelerator.is_main_process:
             return None
-        parts_to_save = {"trained": state, "optimizer": optimizer, "losses": _Tensor(torch.tensor(losses))}
+        parts_to_save = {"trained": state, "optimizer": optimizer, "losses": _Tensor(torch.tensor(losses)),
+                         **({"average": average} if average is not None else {})}
         try:
             return save_checkpoint(checkpoints, at, parts_to_save, keep=2)
         except OSError as e:
@@ -232,10 +261,6 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
             x0 = torch.cat([x0, class_latents[cviews[share]]])
             captions += [data.class_captions[i] for i in cviews[share].tolist()]
             eps, tt = torch.cat([eps, cnoise[share]]), torch.cat([tt, ct[share]])
-        if s.uncond_dropout:  # drawn last, so that a run without it keeps its random stream
-            empty = (torch.rand(2 * s.batch, generator=g) < s.uncond_dropout).tolist()
-            empty = empty[share] + empty[s.batch:][share]
-            captions = ["" if e else c for c, e in zip(captions, empty)]
         # 4. The loss: the concept's images, plus prior_weight x the class images'.
         lr_scale = lr_at(1.0, step / s.steps, step, warmup=max(1, s.warmup), floor=0.1)
         for group in optimizer.param_groups:
@@ -255,6 +280,8 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
             accelerator.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], s.max_grad_norm)
         optimizer.step()
         guard.restore()
+        if average is not None:
+            average.update()
         step += 1
         losses.append(float(accelerator.gather(loss.detach()[None]).mean()))
         # 5. Report; checkpoint and previews on schedule; Stop and the time cap end the run with a checkpoint.
@@ -275,6 +302,8 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
                          "saved as it is now.")
             break
     accelerator.wait_for_everyone()
+    if average is not None and not stopped:  # the result is saved from here: the average's weights
+        average.apply()
     return Outcome(step, losses, time.perf_counter() - t0, stopped, start)
 
 
