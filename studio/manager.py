@@ -138,7 +138,9 @@ class ModelManager:
             warnings.warn(f"Could not load the tiny decoder in {folder} ({type(e).__name__}: {e}); previews use "
                           "the linear map or the VAE, and fast DPS the VAE.", stacklevel=2)
             return None
-        return tiny.to(self.config.device).eval().requires_grad_(False)
+        # channels_last: its 24-64-channel convolutions take oneDNN's faster path (fast DPS's decoder forward and
+        # backward 7.3 -> 5.8 ms on the suite, CPU).
+        return tiny.to(self.config.device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
     def _engines_for(self, model: LoadedModel) -> engines.ModelEngines | None:
         """Engines for a UNet model's UNet and VAE decoder (SD3-class transformers run eagerly)."""

@@ -123,6 +123,31 @@ def test_fast_dps_with_the_suites_tiny_decoder_also_fits_the_measurement(suite_m
     assert fast.metrics["dps_psnr"] > started.metrics["dps_psnr"] + 1, (fast.metrics, started.metrics)
 
 
+def test_tiny_decoder_offset_fits_the_full_decoders_image():
+    """The residual is taken on the tiny decoder's image plus its offset to the full decoder, measured every
+    `offset_every` steps and held between; the gradient stays the tiny decoder's."""
+    from studio.inverse.dps import DPSCorrection
+    from studio.inverse.operators import SuperResolution
+
+    tiny = lambda z: torch.tanh(z[:, :3])  # noqa: E731
+    full = lambda z: torch.tanh(z[:, :3]) * 0.9 + 0.05 * z[:, 1:4]  # noqa: E731
+    op = SuperResolution(2)
+    x0, later = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    y = op.forward(full(torch.randn(1, 4, 8, 8)))
+    c = DPSCorrection(op, y, tiny, zeta=1.0, fast=True, full_decode=full, offset_every=3)
+    assert torch.allclose(c.residual(x0, 0), y - op.forward(full(x0)), atol=1e-6)
+    held = c.residual(later, 1)  # not refreshed: the offset of x0
+    assert torch.allclose(held, y - op.forward(tiny(later) + full(x0) - tiny(x0)), atol=1e-6)
+    assert torch.allclose(c.residual(later, 3), y - op.forward(full(later)), atol=1e-6)
+    z = later.clone().requires_grad_(True)
+    grad = torch.autograd.grad(c.residual(z, 4).pow(2).sum(), z)[0]
+    z2 = later.clone().requires_grad_(True)
+    expected = torch.autograd.grad((y - op.forward(tiny(z2) + (full(later) - tiny(later)))).pow(2).sum(), z2)[0]
+    assert torch.allclose(grad, expected, atol=1e-6)
+    plain = DPSCorrection(op, y, tiny, zeta=1.0, fast=True)
+    assert torch.allclose(plain.residual(x0), y - op.forward(tiny(x0)))
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"sigma": 2.0}, "sigma must be between 0 and 1"),
     ({"strength": 0.0}, "strength must be above 0"),

@@ -46,14 +46,27 @@ class DPSCorrection:
     # Fast DPS: the gradient from x0_hat on, times d x0_hat / d x_t without the network's Jacobian (the loop's
     # state.x0_scale); False: full DPS, through the model call.
     fast: bool = False
+    # With a tiny decoder in the gradient path: the full decoder, run without gradients every `offset_every` steps
+    # to measure what the tiny one misses (offset = D(x0) - D_tiny(x0)); the residual is then taken on
+    # D_tiny(x0) + offset, so DPS fits the measurement with the image the full decoder will give, while the
+    # gradient stays the tiny decoder's. None: the decoder's output as it is.
+    full_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    offset_every: int = 5
+    _offset: torch.Tensor | None = None
 
-    def residual(self, x0_latents: torch.Tensor) -> torch.Tensor:
-        return self.y - self.operator.forward(self.decode(x0_latents).float())
+    def residual(self, x0_latents: torch.Tensor, i: int = 0) -> torch.Tensor:
+        image = self.decode(x0_latents).float()
+        if self.full_decode is not None:
+            if self._offset is None or i % self.offset_every == 0:
+                with torch.no_grad():
+                    self._offset = self.full_decode(x0_latents.detach()).float() - image.detach()
+            image = image + self._offset
+        return self.y - self.operator.forward(image)
 
     def __call__(self, state: LoopState, next_latents: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x0 = state.x0_hat.detach().requires_grad_(True) if self.fast else state.x0_hat
-            r = self.residual(x0)
+            r = self.residual(x0, state.i)
             sq = r.pow(2).flatten(1).sum(1)  # per image
             norm = sq.detach().sqrt()
             state.metrics["residual_rms"] = float((norm / r[0].numel() ** 0.5).mean())

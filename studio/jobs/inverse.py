@@ -39,6 +39,7 @@ class InverseRequest:
     strength: float = dps.DEFAULT_STRENGTH  # DPS starts from the measurement's estimate noised this far; 1 = pure noise
     dps_mode: str = "full"  # "full": gradients through the UNet and decoder; "fast": through the decoder only
     tiny_decoder: bool = False  # the model's tiny decoder (AutoencoderTiny) in the gradient path instead of its VAE
+    tiny_offset: bool = True  # ... with its offset to the full decoder measured every few steps (DPSCorrection)
     from_clean: bool = True  # False: `image` already is the measurement
     model: str = DEFAULT_MODEL
     prompt: str = ""
@@ -149,7 +150,8 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         # 2. DPS through the one loop, gradients on for the model call (full DPS) or from x0-hat on (fast DPS).
         run = _prepare(model, req, size)
         fast = req.dps_mode == "fast"
-        correction = dps.DPSCorrection(op, y, _gradient_decoder(model, req.tiny_decoder), zeta, fast=fast)
+        correction = dps.DPSCorrection(op, y, _gradient_decoder(model, req.tiny_decoder), zeta, fast=fast,
+                                       full_decode=_offset_decoder(model, req))
         if req.strength < 1:  # from the classical estimate (bicubic, the blurred image, the mean-filled hole), noised
             with torch.no_grad():
                 start = previews.vae_encode(pipe.vae, op.estimate(y))
@@ -202,6 +204,14 @@ def _gradient_decoder(model: LoadedModel, tiny: bool):
         raise RequestError(f"{model.name} has no tiny decoder: put an AutoencoderTiny (TAESD-format) folder in its "
                            "folder as vae_tiny/, or in the models folder as taesd/ (SD 1.x/2.x), taesdxl/ or taesd3/.")
     return lambda z: previews.tiny_decode(model.tiny_vae, z)
+
+
+def _offset_decoder(model: LoadedModel, req: InverseRequest):
+    """With the tiny decoder in the gradient path, the full decoder (no gradients; on the engine when one is built)
+    that measures its offset every few steps."""
+    if not req.tiny_decoder or not req.tiny_offset:
+        return None
+    return model.decode
 
 
 def _prepare(model: LoadedModel, req: InverseRequest, size: int) -> Prepared:
