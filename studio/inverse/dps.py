@@ -51,7 +51,7 @@ class DPSCorrection:
     # D_tiny(x0) + offset, so DPS fits the measurement with the image the full decoder will give, while the
     # gradient stays the tiny decoder's. None: the decoder's output as it is.
     full_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
-    offset_every: int = 5
+    offset_every: int = 10
     _offset: torch.Tensor | None = None
 
     def residual(self, x0_latents: torch.Tensor, i: int = 0) -> torch.Tensor:
