@@ -274,6 +274,20 @@ def test_resume_gives_the_loss_curve_of_an_uninterrupted_run(pmanager, image_dir
         run_job(pmanager, images_dir=image_dir, name="parts", steps=6, resume=True)
 
 
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default(pmanager, pconfig, image_dir, monkeypatch):
+    calls = {"n": 0}
+    monkeypatch.setattr(pmanager, "should_stop", lambda: calls.__setitem__("n", calls["n"] + 1) or calls["n"] >= 2)
+    run_job(pmanager, images_dir=image_dir, name="old", steps=4, checkpoint_every=2)
+    record = pconfig.models_dir / "lora" / ".training" / "old" / "run.json"
+    settings = json.loads(record.read_text())
+    del settings["ema_decay"]  # as a run of an earlier version recorded it
+    record.write_text(json.dumps(settings))
+    monkeypatch.setattr(pmanager, "should_stop", lambda: False)
+    with pytest.raises(RequestError, match="other settings.*ema_decay"):
+        run_job(pmanager, images_dir=image_dir, name="old", steps=4, ema_decay=0.9, resume=True)
+    assert isinstance(run_job(pmanager, images_dir=image_dir, name="old", steps=4, resume=True)[-1], Result)
+
+
 def test_weight_average_is_saved_and_resumes(pmanager, pconfig, image_dir, monkeypatch):
     def weights(name):
         return load_file(str(pconfig.models_dir / "lora" / name / "pytorch_lora_weights.safetensors"))
@@ -286,6 +300,8 @@ def test_weight_average_is_saved_and_resumes(pmanager, pconfig, image_dir, monke
     monkeypatch.setattr(pmanager, "should_stop", lambda: calls.__setitem__("n", calls["n"] + 1) or calls["n"] >= 3)
     run_job(pmanager, images_dir=image_dir, name="avg2", steps=6, checkpoint_every=2, ema_decay=0.5)
     monkeypatch.setattr(pmanager, "should_stop", lambda: False)
+    with pytest.raises(RequestError, match="other settings.*ema_decay"):  # the average would be lost
+        run_job(pmanager, images_dir=image_dir, name="avg2", steps=6, resume=True)
     run_job(pmanager, images_dir=image_dir, name="avg2", steps=6, checkpoint_every=2, ema_decay=0.5, resume=True)
     resumed = weights("avg2")
     assert all(torch.allclose(avg[k], resumed[k], rtol=1e-4, atol=1e-6) for k in avg)
@@ -381,9 +397,9 @@ def test_the_tab_builds_and_its_form_makes_a_request(pconfig, tmp_path):
     assert rows == [["a.png", "a <tok> <class>"], ["b.png", "a <tok> <class>"]]
     rows[1][1] = "a red <tok>"
     req = personalize.request_from_form(files, rows, "dreambooth-full", "<blob>", "circle", "", "tiny-sd", 10, 2, 0, 0,
-                                        4, False, False, True, 1.0, 5, 0.3, True, 0, 0, "a <tok>\n", 0, "a <class>\na big <class>")
+                                        4, False, False, True, 1.0, 5, 0.3, True, 0, 0, "a <tok>\n", 0, "a <class>\na big <class>", 0.99)
     assert req.method == "dreambooth" and req.full and req.prior and req.steps == 10 and req.word_dropout == 0.3
-    assert req.class_prompt == "a <class>\na big <class>" and not req.resume
+    assert req.class_prompt == "a <class>\na big <class>" and req.ema_decay == 0.99 and not req.resume
     assert [c for _, _, c in req.images] == ["a <tok> <class>", "a red <tok>"] and req.sample_prompts == ("a <tok>",)
 
 

@@ -15,7 +15,7 @@ distilled from the full VAE).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class DPSCorrection:
     # gradient stays the tiny decoder's. None: the decoder's output as it is.
     full_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     offset_every: int = 10
-    _offset: torch.Tensor | None = None
+    _offset: torch.Tensor | None = field(default=None, init=False, repr=False)  # the last measured offset
 
     def residual(self, x0_latents: torch.Tensor, i: int = 0) -> torch.Tensor:
         image = self.decode(x0_latents).float()

@@ -9,7 +9,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -127,7 +127,7 @@ def work_folder(out: Path) -> Path:
 
 
 SETTINGS_KEYS = ("method", "token", "class_word", "model", "batch", "rank", "alpha", "text_encoder_lora", "conv_lora",
-                 "full", "prior", "vectors", "seed", "flip")
+                 "full", "prior", "vectors", "seed", "flip", "ema_decay")
 
 
 def train(manager: ModelManager, req: TrainRequest) -> Iterator[Notice | TrainStep | Samples | Result]:
@@ -215,7 +215,9 @@ def _start_or_resume(req: TrainRequest, work: Path, main: bool) -> Iterator[Noti
         if not step:
             raise RequestError(f"Nothing to resume for {req.name!r}: no checkpoint in {work / 'checkpoints'}. Press Start.")
         before = json.loads(saved.read_text()) if saved.is_file() else {}
-        changed = [k for k in SETTINGS_KEYS if before.get(k) != settings[k]]
+        # A setting newer than the run's record compares as its default (what that run trained with).
+        defaults = {f.name: str(f.default) for f in fields(TrainRequest) if f.default is not MISSING}
+        changed = [k for k in SETTINGS_KEYS if before.get(k, defaults.get(k)) != settings[k]]
         if changed:
             raise RequestError(f"The checkpoint of {req.name!r} was trained with other settings ({', '.join(changed)}); "
                                "resume with the same ones, or Start anew.")

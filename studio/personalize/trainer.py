@@ -119,28 +119,33 @@ class TrainedState:
 
 
 class WeightAverage:
-    """An exponential moving average of the trained UNet / text-encoder weights (not the token's rows), for
-    checkpoints like any part; `apply` copies it into the weights at the end."""
+    """An exponential moving average of the trained tensors (the UNet's LoRA or all of it, a text-encoder LoRA; not
+    the token's rows), for checkpoints like any part; `apply` copies it into the weights at the end. Not
+    training.common.EMA: that one copies a whole module (the frozen UNet too, under a LoRA) and warms its decay up
+    from a random init, where this starts from the base weights at the asked decay."""
 
     def __init__(self, state: TrainedState, decay: float):
-        self.state, self.decay = state, decay
-        self.averaged = {n: p.detach().clone() for n, p in state.named().items()}
+        self.decay = decay
+        self.pairs = {n: (p, p.detach().clone()) for n, p in state.named().items()}  # name -> (weight, average)
 
     @torch.no_grad()
     def update(self) -> None:
-        for n, p in self.state.named().items():
-            self.averaged[n].lerp_(p.detach(), 1 - self.decay)
+        for p, averaged in self.pairs.values():
+            averaged.lerp_(p.detach(), 1 - self.decay)
 
     @torch.no_grad()
     def apply(self) -> None:
-        for n, p in self.state.named().items():
-            p.copy_(self.averaged[n])
+        for p, averaged in self.pairs.values():
+            p.copy_(averaged)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: v.cpu() for n, v in self.averaged.items()}
+        return {n: averaged.cpu() for n, (_, averaged) in self.pairs.items()}
 
+    @torch.no_grad()
     def load_state_dict(self, saved: dict[str, torch.Tensor]) -> None:
-        self.averaged = {n: saved[n].to(v) if n in saved else v for n, v in self.averaged.items()}
+        for n, (_, averaged) in self.pairs.items():
+            if n in saved:
+                averaged.copy_(saved[n])
 
 
 def drop_words(caption: str, keep: tuple[str, ...], p: float, g: torch.Generator) -> str:

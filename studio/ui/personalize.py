@@ -38,13 +38,13 @@ def caption_rows(files, template: str) -> list[list[str]]:
 
 FORM_FIELDS = ("images", "captions", "method", "token", "class_word", "name", "model", "steps", "batch", "lr", "token_lr",
                "rank", "text_encoder_lora", "conv_lora", "prior", "prior_weight", "class_images", "word_dropout", "flip",
-               "seed", "sample_every", "sample_prompts", "minutes", "class_prompts")
+               "seed", "sample_every", "sample_prompts", "minutes", "class_prompts", "ema_decay")
 
 
 def request_from_form(images, captions, method: str, token: str, class_word: str, name: str, model: str, steps,
                       batch, lr, token_lr, rank, text_encoder_lora: bool, conv_lora: bool, prior: bool, prior_weight,
                       class_images, word_dropout, flip: bool, seed, sample_every, sample_prompts: str, minutes,
-                      class_prompts: str = "", resume: bool = False) -> TrainRequest:
+                      class_prompts: str = "", ema_decay=0.0, resume: bool = False) -> TrainRequest:
     """The form's values as a TrainRequest; a caption left empty takes the template's."""
     table = captions.values.tolist() if isinstance(captions, pd.DataFrame) else (captions or [])
     by_name = {str(row[0]): str(row[1]).strip() for row in table if len(row) >= 2}
@@ -64,7 +64,7 @@ def request_from_form(images, captions, method: str, token: str, class_word: str
         word_dropout=number_field("word_dropout", word_dropout, d.word_dropout), flip=bool(flip),
         seed=number_field("seed", seed, d.seed), sample_every=number_field("sample_every", sample_every, d.sample_every),
         sample_prompts=prompts, minutes=number_field("minutes", minutes, d.minutes), resume=resume,
-        class_prompt=(class_prompts or "").strip() or d.class_prompt,
+        class_prompt=class_prompts or "", ema_decay=number_field("ema_decay", ema_decay, d.ema_decay),
         command="the Personalize tab")
 
 
@@ -115,6 +115,8 @@ def build(studio: Studio) -> None:
                                              info="0-1; words other than the token")
                     seed = gr.Number(value=0, label="Seed", precision=0)
                     sample_every = gr.Number(value=0, label="Samples every N steps", info="0: four times", precision=0)
+                    ema_decay = gr.Number(value=TrainRequest.ema_decay, label="Weight average decay",
+                                          info="e.g. 0.99: save a moving average of the weights; 0: the last step's")
                 sample_prompts = gr.Textbox(label="Sample prompts (one a line; empty: 'a <tok>' and the first caption)",
                                             lines=2, elem_id="pz-sample-prompts")
             with gr.Row():
@@ -137,7 +139,7 @@ def build(studio: Studio) -> None:
     # The API's parameter names: request_from_form's (images, captions, method, token, class_word, ...).
     named = dict(zip(FORM_FIELDS, [files, captions, method, token, class_word, name, model, steps, batch, lr, token_lr,
                                    rank, text_encoder_lora, conv_lora, prior, prior_weight, class_images, word_dropout,
-                                   flip, seed, sample_every, sample_prompts, minutes, class_prompts]))
+                                   flip, seed, sample_every, sample_prompts, minutes, class_prompts, ema_decay]))
     outputs = [bar, progress, plot, grid, result]
 
     def run(resume: bool, values: dict, request: gr.Request | None):
