@@ -174,7 +174,9 @@ def build(studio: Studio) -> None:
                     result: "Saved: " + ", ".join(f"`{p}`" for p in event.paths) +
                     ". It is in the LoRA / embedding / model pickers now (press ↻ there if the list was open)."}
 
-        yield {progress: status("Resuming…" if resume else "Starting…")}
+        # A new run clears the last one's outputs: its samples, loss curve and "Saved" line would pass for this run's.
+        yield {progress: status("Resuming…" if resume else "Starting…"), bar: progress_bar(0, 1, ""),
+               plot: pd.DataFrame(columns=["step", "loss"]), grid: None, result: ""}
         events = deferred(lambda: train(studio.manager, request_from_form(**values, resume=resume)))
         yield from guarded(events, on_event, lambda text, kind: {progress: status(text, kind)}, request, studio.manager)
 
