@@ -75,11 +75,18 @@ class LoadedModel:
         return latent_family(dict(self.pipe.vae.config), dict(self.denoiser.config))
 
     @cached_property
+    def device(self) -> torch.device:
+        """Where the pipeline runs: diffusers' `_execution_device` (which walks every module, about 2 ms a call on
+        the suite), read once. The manager places a pipeline before it hands the model out and never moves it
+        while it is loaded (eviction drops it)."""
+        return self.pipe._execution_device
+
+    @cached_property
     def judges(self) -> Judges | None:
         """The folder's optional judges (judges.json: e.g. the embedded suite's evaluator and noise-aware classifier)."""
         if self.source.kind != "folder":
             return None
-        return load_judges(self.source.location, self.pipe._execution_device)
+        return load_judges(self.source.location, self.device)
 
     @cached_property
     def latent_rgb(self) -> tuple[list[list[float]], list[float]] | None:

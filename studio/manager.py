@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,17 @@ TINY_VAE_DIR = "vae_tiny"  # a model folder's own tiny autoencoder (AutoencoderT
 TAESD_DIRS = {"sd1": "taesd", "sdxl": "taesdxl", "sd3": "taesd3"}  # or one per latent family in the models folder
 MAX_CONTROLNETS = 4  # ControlNets kept loaded (least recently used dropped first)
 CONFIG_SUFFIX = ".config"  # `model.safetensors` + `model.config`: a text file naming a diffusers folder for its configs
+
+
+_BLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The entries of a module's ModuleLists (where Stop is checked), found once per module: walking a UNet's
+    modules took 0.4 ms a job. LoRAs and hooks add layers inside these blocks, never blocks to the lists."""
+    if module not in _BLOCKS:
+        _BLOCKS[module] = [block for m in module.modules() if isinstance(m, torch.nn.ModuleList) for block in m]
+    return _BLOCKS[module]
 
 
 def _checkpoint_keys(path: Path) -> list[str]:
@@ -188,6 +200,10 @@ class ModelManager:
             pipe.enable_model_cpu_offload(device=self.config.device)
         else:
             pipe.to(self.config.device)
+        if self.config.device == "cpu" and isinstance(getattr(pipe, "vae", None), torch.nn.Module):
+            # channels_last: the decoder's convolutions take oneDNN's faster path on the CPU (the suite's 64x64
+            # decode 13.5 -> 11 ms; encode and DPS's forward+backward unchanged). Unmeasured on GPUs: left there.
+            pipe.vae.to(memory_format=torch.channels_last)
 
     def _load_pretrained(self, source: sources.ModelSource, kwargs: dict) -> DiffusionPipeline:
         location = source.location
@@ -271,7 +287,7 @@ class ModelManager:
             self._controlnets.move_to_end(key)
             net = self._controlnets[key]
         controlnet.check_compatible(net, model.pipe.unet, spec, model.name)
-        return net.to(model.pipe._execution_device)
+        return net.to(model.device)
 
     def park_controlnets(self) -> None:
         """After each job (however it ended): with --offload, ControlNets go back to the CPU like every other part."""
@@ -359,8 +375,7 @@ class ModelManager:
                 raise over_limit() if over_limit else Cancelled("Stopped: a model call passed its time limit.")
 
         handles = [module.register_forward_pre_hook(start)]
-        handles += [block.register_forward_pre_hook(check) for m in module.modules() if isinstance(m, torch.nn.ModuleList)
-                    for block in m]
+        handles += [block.register_forward_pre_hook(check) for block in _blocks(module)]
         try:
             yield
         finally:

@@ -55,7 +55,7 @@ def check_control_settings(k: int, model: str, scale: float, start: float, end: 
 def build_units(manager, model, controls, size: tuple[int, int]) -> tuple[list[ControlUnit], list[str]]:
     """The loaded, checked ControlNets of a request with their control tensors; plus notices (e.g. resized maps)."""
     units, notes = [], []
-    device, dtype = model.pipe._execution_device, model.denoiser.dtype
+    device, dtype = model.device, model.denoiser.dtype
     for k, c in enumerate(controls, 1):
         net = manager.controlnet(c.model, model)
         image, note = control_tensor(c.image, size, device, dtype)

@@ -56,7 +56,7 @@ def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do
 
 def _encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
     """Text conditioning through the pipeline's own encoder code, so every model family encodes as diffusers does."""
-    pipe, device = model.pipe, model.pipe._execution_device
+    pipe, device = model.pipe, model.device
     if model.is_sd3:
         # Both CLIPs and T5 read the one prompt; the pooled CLIP embeddings travel as `added`.
         pe, npe, pooled, npooled = pipe.encode_prompt(
@@ -120,7 +120,7 @@ def prepare(model: LoadedModel, prompt: str, negative: str, guidance_scale: floa
             seed: int, batch: int, size: tuple[int, int], shift: float = 0.0) -> Prepared:
     """Encode the prompt, build the sampler's timesteps, draw the initial noise (seed -1: a random seed)."""
     pipe = model.pipe
-    device = pipe._execution_device
+    device = model.device
     height, width = size
     seed = random.randint(0, MAX_SEED) if seed == -1 else seed
     seeds = [(seed + k) % (MAX_SEED + 1) for k in range(batch)]

@@ -141,7 +141,7 @@ def inverse(manager: ModelManager, req: InverseRequest) -> Iterator[Step | Notic
         # 1. Model and measurement.
         model = manager.get(req.model)
         pipe, size = model.pipe, model.default_size
-        m = build_measurement(req, size, pipe._execution_device)
+        m = build_measurement(req, size, model.device)
         for text in req.notices:
             yield Notice(text)
         op, y = m.operator, m.y.expand(req.batch_size, -1, -1, -1)

@@ -69,15 +69,19 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae_decode_grad(vae, latents)
 
 
-def _upcast_if_needed(vae) -> None:
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+def _upcast_if_needed(vae) -> torch.dtype:
+    """The VAE's dtype after the upcast (a lookup over its parameters: read once a call)."""
+    dtype = vae.dtype
+    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae.to(torch.float32)
+        return torch.float32
+    return dtype
 
 
 def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] -> UNet-space latents (the posterior mean, shifted and scaled): the inverse of vae_decode."""
-    _upcast_if_needed(vae)
-    z = vae.encode(images.to(vae.dtype)).latent_dist.mean
+    dtype = _upcast_if_needed(vae)
+    z = vae.encode(images.to(dtype)).latent_dist.mean
     return (z - (getattr(vae.config, "shift_factor", None) or 0)) * vae.config.scaling_factor
 
 
@@ -86,8 +90,8 @@ def vae_decode_grad(vae, latents: torch.Tensor) -> torch.Tensor:
 
     VAEs that overflow in fp16 (force_upcast, e.g. SDXL's) are moved to fp32 once, at their first decode, and stay
     there: switching back and forth per call would break gradients that still refer to the fp32 weights."""
-    _upcast_if_needed(vae)
-    z = latents.to(vae.dtype) / vae.config.scaling_factor
+    dtype = _upcast_if_needed(vae)
+    z = latents.to(dtype) / vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None)
     if shift:
         z = z + shift
