@@ -123,7 +123,9 @@ def test_prompts_are_encoded_once_while_the_text_encoder_is_plain(manager, tiny_
     b = encode_prompt(model, "a red circle", "", 1, True, (64, 64))
     assert a is b and calls.n == 2  # prompt and negative, once
     encode_prompt(model, "a blue circle", "", 1, True, (64, 64))
-    assert calls.n == 4
+    assert calls.n == 3  # a new prompt with the same negative: only the prompt is encoded
+    encode_prompt(model, "a blue circle", "blurry", 1, True, (64, 64))
+    assert calls.n == 4  # the new negative only
     plain = model.pipe.tokenizer
     model.pipe.tokenizer = plain.__class__.from_pretrained(model.source.location, subfolder="tokenizer")  # as embeddings do
     try:

@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -35,23 +36,28 @@ def check_prompts(limits, **prompts: str) -> None:
                                f"{limits.max_prompt_chars:,} are accepted (the text encoder reads far fewer).")
 
 
-PROMPT_CACHE_SIZE = 16
+PROMPT_CACHE_SIZE = 32  # entries: whole conditionings and the single texts they were made of
 
 
 def encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
     """Text conditioning, kept for the model's last few prompts (as ComfyUI and A1111 keep it: a new seed or
     sampler does not encode the same prompt again), unless an embedding or LoRA changes the text encoders."""
     key = (prompt, negative, batch, do_cfg, size if model.is_xl else None)
+    return _cached(model, key, lambda: _encode_prompt(model, prompt, negative, batch, do_cfg, size))
+
+
+def _cached(model: LoadedModel, key: tuple, make: Callable[[], Any]) -> Any:
+    """The model's prompt cache: `make()` once per key while the text encoders are plain, least recently used out."""
     cacheable = model.text_encoders_plain()
     if cacheable and key in model.prompt_cache:
         model.prompt_cache.move_to_end(key)
         return model.prompt_cache[key]
-    cond = _encode_prompt(model, prompt, negative, batch, do_cfg, size)
+    value = make()
     if cacheable:
-        model.prompt_cache[key] = cond
+        model.prompt_cache[key] = value
         while len(model.prompt_cache) > PROMPT_CACHE_SIZE:
             model.prompt_cache.popitem(last=False)
-    return cond
+    return value
 
 
 def _encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, do_cfg: bool, size: tuple[int, int]) -> Conditioning:
@@ -74,8 +80,14 @@ def _encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, d
         time_ids = time_ids.to(device).repeat(batch, 1)
         return Conditioning(pe, npe, {"text_embeds": pooled, "time_ids": time_ids},
                             {"text_embeds": npooled, "time_ids": time_ids} if do_cfg else None)
-    pe, npe = pipe.encode_prompt(prompt, device, batch, do_cfg, negative_prompt=negative or None)
-    return Conditioning(pe, npe)
+    # SD 1.x/2.x and the suite: the prompt and the negative are encoded apart (diffusers encodes the negative, or "",
+    # exactly as a prompt), so that a new prompt with the usual negative encodes one text, not two.
+    pe = _encode_text(model, prompt, batch)
+    return Conditioning(pe, _encode_text(model, negative or "", batch) if do_cfg else None)
+
+
+def _encode_text(model: LoadedModel, text: str, batch: int) -> torch.Tensor:
+    return _cached(model, ("text", text, batch), lambda: model.pipe.encode_prompt(text, model.device, batch, False)[0])
 
 
 def model_fn(model: LoadedModel) -> ModelFn:
