@@ -46,13 +46,13 @@ def images_for(manager: ModelManager, model: str, sampler: str, steps: int, prom
 
 
 def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight: int = 16, engine: str = "eager",
-        shift: float = 0.0, flow_model: str = FLOW_MODEL) -> dict:
+        shift: float = 0.0, flow_model: str = FLOW_MODEL, prompt_seed: int = evaluate.EVAL_SEED) -> dict:
     """`flow_model`: the flow model measured in FLOW_MODEL's runs (e.g. a candidate in the models folder)."""
     runs = [(flow_model if model == FLOW_MODEL else model, sampler, n) for model, sampler, n in runs]
     manager = ModelManager(StudioConfig(engine=engine))
     judge = ev.load(ASSETS_MODELS / DEFAULT_MODEL / "evaluator")
-    prompts, wanted = evaluate.prompt_set(n_prompts)
-    report = {"prompts": n_prompts, "cfg": cfg, "runs": []}
+    prompts, wanted = evaluate.prompt_set(n_prompts, prompt_seed)
+    report = {"prompts": n_prompts, "cfg": cfg, "runs": [], **({"prompt_seed": prompt_seed} if prompt_seed != evaluate.EVAL_SEED else {})}
     for model, sampler, evaluations in runs:
         steps = steps_for(sampler, evaluations)
         t0 = time.time()
@@ -82,15 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", default="eager", help="CPU engine for the UNet and decoder (studio.engines); "
                                                      "outputs within 1e-3 of eager")
     p.add_argument("--shift", type=float, default=0.0, help="the flow model's timestep shift (0: its own)")
+    p.add_argument("--prompt-seed", type=int, default=evaluate.EVAL_SEED,
+                   help="another set of fresh prompts (e.g. to confirm a choice made on the default set)")
     p.add_argument("--flow-model", default=FLOW_MODEL, help="the flow model to measure (a name or folder; --write: the "
                                                             "embedded one only)")
     args = p.parse_args(argv)
     wanted = {m for m in args.models.split(",") if m}
     only = {r for r in args.runs.split(",") if r}
     chosen = [r for r in RUNS if (not wanted or r[0] in wanted) and (not only or f"{r[1]}:{r[2]}" in only)]
-    report = run(args.prompts, args.cfg, chosen, engine=args.engine, shift=args.shift, flow_model=args.flow_model)
-    if args.write and args.flow_model != FLOW_MODEL:
-        raise SystemExit("--write records the embedded flow suite's numbers; measure a candidate without it")
+    report = run(args.prompts, args.cfg, chosen, engine=args.engine, shift=args.shift, flow_model=args.flow_model,
+                 prompt_seed=args.prompt_seed)
+    if args.write and (args.flow_model != FLOW_MODEL or args.prompt_seed != evaluate.EVAL_SEED):
+        raise SystemExit("--write records the embedded flow suite's numbers on the default prompts; measure without it")
     if args.write:
         path = Path(ASSETS_MODELS / FLOW_MODEL / "eval_flow.json")
         if path.is_file():  # runs measured earlier (same prompts and CFG) stay unless measured again
