@@ -105,10 +105,11 @@ def check_folder(path: Path, config: StudioConfig) -> None:
             f"{where} is not a diffusers model folder: it has no model_index.json{found}. "
             "Point at a folder saved by diffusers' save_pretrained, or at a single .safetensors checkpoint."
         )
-    for weights in path.glob("*/*.safetensors"):
+    found = list(path.glob("*/*.safetensors"))
+    for weights in found:
         check_safetensors(weights, f"{where}/{weights.relative_to(path)}")
     pickles = [p for p in path.glob("*/*") if p.suffix in PICKLE_SUFFIXES]
-    has_safetensors = {p.parent for p in path.glob("*/*.safetensors")}
+    has_safetensors = {p.parent for p in found}
     unsafe = [p for p in pickles if p.parent not in has_safetensors]
     if unsafe and not config.allow_pickle:
         raise ModelError(

@@ -57,6 +57,26 @@ def page():
         browser.close()
 
 
+def fill_field(page, elem_id: str, value: str) -> None:
+    """Type into a field's box (a number, a textbox or a text area) and leave it, as a user does (Gradio reads it then)."""
+    box = page.locator(f"#{elem_id} input:not([type=range]):not([type=checkbox]), #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def count_runs_done(page, status_id: str, done_text: str) -> None:
+    """From now on, window.__done counts the runs that end: each time the status line comes to hold `done_text`."""
+    page.evaluate("""([id, text]) => {
+        window.__done = 0; let was = false;
+        const status = document.querySelector('#' + id);
+        new MutationObserver(() => {
+            const now = status.innerText.includes(text);
+            if (now && !was) window.__done += 1;
+            was = now;
+        }).observe(status, {subtree: true, childList: true, characterData: true});
+    }""", [status_id, done_text])
+
+
 WATCH_LIVE_IMAGE = """
 () => {
   window.__srcs = [];

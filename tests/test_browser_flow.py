@@ -2,7 +2,7 @@
 and the flow-vs-diffusion grid at two evaluation counts."""
 from __future__ import annotations
 
-from test_browser import app_url, page, pytestmark  # noqa: F401 - fixtures and the skip-without-chromium mark
+from test_browser import app_url, fill_field, page, pytestmark  # noqa: F401 - fixtures and the skip mark
 
 SCREENSHOT = "/tmp/flow_page.png"
 
@@ -13,21 +13,15 @@ def _open(page, url):
     page.locator("#flow2d-train").wait_for(timeout=20_000)
 
 
-def _set_number(page, elem_id: str, value: str):
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(value)
-    box.press("Tab")
-
-
 def test_playground_trains_twice_then_with_fewer_steps(app_url, page):  # noqa: F811
     url, _ = app_url
     _open(page, url)
-    _set_number(page, "flow2d-train-steps", "300")
+    fill_field(page, "flow2d-train-steps", "300")
     for _ in range(2):
         page.locator("#flow2d-train").click()
         page.locator("#flow2d-status").get_by_text("Training").wait_for(timeout=60_000)
         page.locator("#flow2d-status").get_by_text("Done in").wait_for(timeout=240_000)
-    _set_number(page, "flow2d-train-steps", "200")
+    fill_field(page, "flow2d-train-steps", "200")
     page.locator("#flow2d-train").click()
     page.locator("#flow2d-status").get_by_text("Training").wait_for(timeout=60_000)
     page.locator("#flow2d-status").get_by_text("Done in").wait_for(timeout=240_000)

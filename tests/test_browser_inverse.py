@@ -1,7 +1,7 @@
 """The Inverse problems tab in a real browser: a short DPS super-resolution run fills the table; a box of 0 is a message."""
 from __future__ import annotations
 
-from test_browser import app_url, page, pytestmark  # noqa: F401 - fixtures and the skip-without-chromium mark
+from test_browser import app_url, count_runs_done, fill_field, page, pytestmark  # noqa: F401 - fixtures, skip mark
 
 SCREENSHOT = "/tmp/inverse_page.png"
 
@@ -20,18 +20,12 @@ def _choose_operator(page, label: str):
     page.get_by_role("option", name=label).click()
 
 
-def _set_slider(page, elem_id: str, value: str):
-    number = page.locator(f"#{elem_id} input[type=number]")
-    number.fill(value)
-    number.press("Tab")
-
-
 def test_dps_super_resolution_runs_and_scores(app_url, page):  # noqa: F811
     url, _ = app_url
     _open_tab_with_a_sample(page, url)
     _choose_operator(page, "Super-resolution")
     page.locator("#inverse-factor").get_by_label("4").check()
-    _set_slider(page, "inverse-steps", "10")
+    fill_field(page, "inverse-steps", "10")
     page.click("#inverse-run")
     page.locator("#inverse-status").get_by_text("Done in").wait_for(timeout=180_000)
     table = page.locator("#inverse-table")
@@ -42,23 +36,13 @@ def test_dps_super_resolution_runs_and_scores(app_url, page):  # noqa: F811
     page.screenshot(path=SCREENSHOT, full_page=True)
 
 
-COUNT_DONE = """() => {  // counts runs that end: each time the status line turns to "Done in"
-    window.__done = 0; let was = false;
-    new MutationObserver(() => {
-        const now = document.querySelector('#inverse-status').innerText.includes('Done in');
-        if (now && !was) window.__done += 1;
-        was = now;
-    }).observe(document.querySelector('#inverse-status'), {subtree: true, childList: true, characterData: true});
-}"""
-
-
 def test_fast_dps_with_the_tiny_decoder_twice_then_full(app_url, page):  # noqa: F811
     url, _ = app_url
     _open_tab_with_a_sample(page, url)
-    _set_slider(page, "inverse-steps", "6")
+    fill_field(page, "inverse-steps", "6")
     page.locator("#inverse-dps-mode").get_by_label("Fast: from x0-hat").check()
     page.locator("#inverse-tiny-decoder input").check()
-    page.evaluate(COUNT_DONE)
+    count_runs_done(page, "inverse-status", "Done in")
     for k in range(2):  # the same click twice, then one setting changed
         page.click("#inverse-run")
         page.wait_for_function(f"window.__done === {k + 1}", timeout=120_000)
@@ -73,7 +57,7 @@ def test_fast_dps_with_the_tiny_decoder_twice_then_full(app_url, page):  # noqa:
 def test_inpainting_without_a_hole_is_a_message(app_url, page):  # noqa: F811
     url, _ = app_url
     _open_tab_with_a_sample(page, url)
-    _set_slider(page, "inverse-box", "0")
+    fill_field(page, "inverse-box", "0")
     page.click("#inverse-run")
     page.locator("#inverse-status").get_by_text("no hole").wait_for(timeout=60_000)
     assert page.locator("#inverse-status .status-error").count() == 1

@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     wanted = {m for m in args.models.split(",") if m}
     only = {r for r in args.runs.split(",") if r}
     chosen = [r for r in RUNS if (not wanted or r[0] in wanted) and (not only or f"{r[1]}:{r[2]}" in only)]
-    report = run(args.prompts, args.cfg, chosen, engine=args.engine, shift=args.shift, flow_model=args.flow_model,
-                 prompt_seed=args.prompt_seed)
     if args.write and (args.flow_model != FLOW_MODEL or args.prompt_seed != evaluate.EVAL_SEED):
         raise SystemExit("--write records the embedded flow suite's numbers on the default prompts; measure without it")
+    report = run(args.prompts, args.cfg, chosen, engine=args.engine, shift=args.shift, flow_model=args.flow_model,
+                 prompt_seed=args.prompt_seed)
     if args.write:
         path = Path(ASSETS_MODELS / FLOW_MODEL / "eval_flow.json")
         if path.is_file():  # runs measured earlier (same prompts and CFG) stay unless measured again
