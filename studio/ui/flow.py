@@ -128,7 +128,9 @@ def build_playground(studio: Studio) -> None:
             view = gr.Image(label="Trajectories (drawn as they are integrated)", type="pil", interactive=False,
                             elem_id="flow2d-trajectories")
             progress = gr.Markdown("", elem_id="flow2d-status")
-            table = gr.Dataframe(label="Per model", interactive=False, elem_id="flow2d-table")
+            # Headers before the first run (an empty table showed "1 2 3"); a run's table brings one W2 column per step count.
+            table = gr.Dataframe(headers=["model", "NPE", "path energy", "straightness", "W2 @steps", "train s"],
+                                 label="Per model", interactive=False, elem_id="flow2d-table")
             plot = gr.LinePlot(pd.DataFrame(columns=W2_COLUMNS), x="steps", y="W2", color="model", label="W2 to the target "
                                "against Euler steps", x_title="Euler steps", y_title="W2", elem_id="flow2d-plot")
 
