@@ -51,6 +51,19 @@ def test_grid_fills_row_by_row_then_summarises(manager, tiny_flow_dir):
     assert all(c["adherence"] is None for c in summary.columns)  # the tiny models have no judges
 
 
+def test_a_contender_with_its_own_cfg_runs_with_it_and_says_so(manager, tiny_flow_dir):
+    """A reflow model runs without CFG beside models that use the request's: its images are saved with CFG 1, and its
+    row's label names it."""
+    from studio.metadata import read_png_parameters
+
+    req = CompareRequest("a red star", (Contender("tiny-sd", "DDIM"), Contender(str(tiny_flow_dir), "Flow Match Euler",
+                                                                                guidance_scale=1.0)),
+                         evaluations=(1,), judge_seeds=1, guidance_scale=5.0, save=True)
+    cells = [e for e in compare(manager, req) if isinstance(e, Cell)]
+    assert [read_png_parameters(c.path).cfg_scale for c in cells] == [5.0, 1.0]
+    assert cells[0].row_label == "tiny-sd (DDIM)" and cells[1].row_label.endswith("(Flow Match Euler, CFG 1)")
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"evaluations": (0,)}, "between 1 and"), ({"contenders": ()}, "at least one model"),
     ({"contenders": (Contender("tiny-sd", "Flow Match Euler"),)}, "does not fit"),

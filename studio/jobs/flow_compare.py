@@ -26,6 +26,11 @@ class Contender:
     model: str
     sampler: str
     label: str = ""
+    guidance_scale: float | None = None  # its own CFG (e.g. 1 for a reflow model distilled from guided samples);
+    # None: the request's
+
+
+REFLOW_MODEL = "shapes-v1-reflow"  # the flow suite's reflow round, sampled without CFG (its pairs had it)
 
 
 @dataclass
@@ -39,6 +44,16 @@ class CompareRequest:
     judge_seeds: int = 4  # adherence is judged over this many seeds per cell (seed, seed + 1, ...)
     save: bool = True
     notices: list[str] = field(default_factory=list)
+
+
+def cfg_of(contender: Contender, req: CompareRequest) -> float:
+    return req.guidance_scale if contender.guidance_scale is None else contender.guidance_scale
+
+
+def row_label(contender: Contender, req: CompareRequest) -> str:
+    """A row's name in the sheet, the table and the plot: model and sampler, and its CFG where it has its own."""
+    own = "" if contender.guidance_scale is None else f", CFG {contender.guidance_scale:g}"
+    return f"{contender.model} ({contender.sampler}{own})"
 
 
 def steps_for(sampler: str, evaluations: int) -> int:
@@ -61,7 +76,7 @@ def compare(manager: ModelManager, req: CompareRequest) -> Iterator[Notice | Cel
     check_seed(req.seed)
     seed = req.seed if req.seed >= 0 else int(np.random.default_rng().integers(0, MAX_SEED))
     cells = [[Txt2ImgRequest(prompt=req.prompt, model=c.model, sampler=c.sampler, steps=steps_for(c.sampler, n),
-                             guidance_scale=req.guidance_scale, seed=seed, batch_size=req.judge_seeds, preview_every=0,
+                             guidance_scale=cfg_of(c, req), seed=seed, batch_size=req.judge_seeds, preview_every=0,
                              save=req.save) for n in req.evaluations] for c in req.contenders]
     for row in cells:
         for cell in row:
@@ -69,7 +84,7 @@ def compare(manager: ModelManager, req: CompareRequest) -> Iterator[Notice | Cel
     # 2. The grid: each cell a txt2img job (the same seeds everywhere), judged as it finishes.
     summary, t0 = [], time.perf_counter()
     for r, (contender, row) in enumerate(zip(req.contenders, cells)):
-        label = contender.label or f"{contender.model} ({contender.sampler})"
+        label = contender.label or row_label(contender, req)
         for c, (n, cell) in enumerate(zip(req.evaluations, row)):
             if manager.should_stop():
                 raise Cancelled(f"Stopped after {r * len(row) + c} of {len(cells) * len(row)} cells.")

@@ -15,7 +15,7 @@ import numpy as np
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL, StudioConfig
 from studio.events import Result
 from studio.jobs import Txt2ImgRequest, txt2img
-from studio.jobs.flow_compare import steps_for, straightness
+from studio.jobs.flow_compare import REFLOW_MODEL, steps_for, straightness
 from studio.manager import ModelManager
 from studio.shapes import evaluate
 from studio.shapes import evaluator as ev
@@ -30,7 +30,12 @@ RUNS = [
     (FLOW_MODEL, "Flow Match Euler Uniform", 25),
     (FLOW_MODEL, "Flow Match Euler Uniform", 8), (FLOW_MODEL, "Flow Match Euler Uniform", 4),
     (FLOW_MODEL, "Flow Match Euler Uniform", 2),
+    # The reflow round, without CFG (its pairs were made with it): few evaluations are what it is for.
+    (REFLOW_MODEL, "Flow Match Euler Uniform", 1), (REFLOW_MODEL, "Flow Match Euler Uniform", 2),
+    (REFLOW_MODEL, "Flow Match Euler Uniform", 4), (REFLOW_MODEL, "Flow Match Euler Uniform", 8),
+    (FLOW_MODEL, "Flow Match Euler Uniform", 1),
 ]
+REFLOW_CFG = 1.0
 
 
 def images_for(manager: ModelManager, model: str, sampler: str, steps: int, prompts: list[str], cfg: float,
@@ -46,9 +51,12 @@ def images_for(manager: ModelManager, model: str, sampler: str, steps: int, prom
 
 
 def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight: int = 16, engine: str = "eager",
-        shift: float = 0.0, flow_model: str = FLOW_MODEL, prompt_seed: int = evaluate.EVAL_SEED) -> dict:
-    """`flow_model`: the flow model measured in FLOW_MODEL's runs (e.g. a candidate in the models folder)."""
-    runs = [(flow_model if model == FLOW_MODEL else model, sampler, n) for model, sampler, n in runs]
+        shift: float = 0.0, flow_model: str = FLOW_MODEL, prompt_seed: int = evaluate.EVAL_SEED,
+        reflow_model: str = REFLOW_MODEL) -> dict:
+    """`flow_model`, `reflow_model`: the models measured in FLOW_MODEL's and REFLOW_MODEL's runs (e.g. candidates in
+    the models folder). The reflow model runs at CFG 1 (REFLOW_CFG), the others at `cfg`."""
+    renamed = {FLOW_MODEL: flow_model, REFLOW_MODEL: reflow_model}
+    runs = [(renamed.get(model, model), sampler, n) for model, sampler, n in runs]
     manager = ModelManager(StudioConfig(engine=engine))
     judge = ev.load(ASSETS_MODELS / DEFAULT_MODEL / "evaluator")
     prompts, wanted = evaluate.prompt_set(n_prompts, prompt_seed)
@@ -57,15 +65,17 @@ def run(n_prompts: int, cfg: float = evaluate.DEFAULT_CFG, runs=RUNS, n_straight
         steps = steps_for(sampler, evaluations)
         t0 = time.time()
         flow_shift = shift if model == flow_model else 0.0
-        images = images_for(manager, model, sampler, steps, prompts, cfg, shift=flow_shift)
+        run_cfg = REFLOW_CFG if model == reflow_model else cfg
+        images = images_for(manager, model, sampler, steps, prompts, run_cfg, shift=flow_shift)
         entry = {"model": model, "sampler": sampler, "evaluations": evaluations, "steps": steps,
+                 **({"cfg": run_cfg} if run_cfg != cfg else {}),
                  "adherence": evaluate.adherence_report(ev.predict(judge, images), wanted),
                  "seconds": round(time.time() - t0, 1), **({"shift": flow_shift} if flow_shift else {})}
-        if model == flow_model:
+        if model in (flow_model, reflow_model):
             loaded = manager.get(model)
             entry["straightness"] = round(float(np.mean([
                 straightness(manager, loaded, Txt2ImgRequest(prompt=p, model=model, sampler=sampler, steps=steps,
-                                                             guidance_scale=cfg, seed=1 + k, shift=flow_shift))
+                                                             guidance_scale=run_cfg, seed=1 + k, shift=flow_shift))
                 for k, p in enumerate(prompts[:n_straight])])), 5)
         print(json.dumps(entry), flush=True)
         report["runs"].append(entry)
@@ -86,14 +96,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="another set of fresh prompts (e.g. to confirm a choice made on the default set)")
     p.add_argument("--flow-model", default=FLOW_MODEL, help="the flow model to measure (a name or folder; --write: the "
                                                             "embedded one only)")
+    p.add_argument("--reflow-model", default=REFLOW_MODEL, help="the reflow model to measure (as --flow-model)")
     args = p.parse_args(argv)
     wanted = {m for m in args.models.split(",") if m}
     only = {r for r in args.runs.split(",") if r}
     chosen = [r for r in RUNS if (not wanted or r[0] in wanted) and (not only or f"{r[1]}:{r[2]}" in only)]
-    if args.write and (args.flow_model != FLOW_MODEL or args.prompt_seed != evaluate.EVAL_SEED):
+    if args.write and (args.flow_model != FLOW_MODEL or args.reflow_model != REFLOW_MODEL
+                       or args.prompt_seed != evaluate.EVAL_SEED):
         raise SystemExit("--write records the embedded flow suite's numbers on the default prompts; measure without it")
     report = run(args.prompts, args.cfg, chosen, engine=args.engine, shift=args.shift, flow_model=args.flow_model,
-                 prompt_seed=args.prompt_seed)
+                 prompt_seed=args.prompt_seed, reflow_model=args.reflow_model)
     if args.write:
         path = Path(ASSETS_MODELS / FLOW_MODEL / "eval_flow.json")
         if path.is_file():  # runs measured earlier (same prompts and CFG) stay unless measured again

@@ -23,9 +23,10 @@ from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from studio.config import ASSETS_MODELS, DEFAULT_MODEL
 from studio.judges import JUDGES_FILE
+from studio.shapes.reflow_pairs import load_pairs
 from studio.shapes.train import ShapesData
 from studio.training.common import (EMA, Budget, Every, autocast, diffusion_loss, hardware, log, lr_at, noised,
-                                    optimizer_step, resume, save_checkpoint, set_lr)
+                                    optimizer_step, resume, save_checkpoint, set_lr, tokenize)
 
 BASE = ASSETS_MODELS / DEFAULT_MODEL
 NUM_TRAIN_TIMESTEPS = 1000
@@ -50,30 +51,44 @@ def train(args) -> Path:
     step = resume(out / "checkpoints", parts)
     schedule = flow_scheduler(args.shift)
 
-    # 1. Data: a fixed pool of scenes; latents and text embeddings once (both encoders are frozen).
+    # 1. Data: a fixed pool of scenes, or a reflow round's pairs (noise, the teacher's sample from it, caption);
+    # latents and text embeddings once (both encoders are frozen).
     t0 = time.time()
-    data = ShapesData(args.seed, args.data, tokenizer, device, args.workers)
+    noise_bank = None
     with torch.no_grad():
-        latents = torch.cat([vae.encode(data.pixels(torch.arange(i, min(i + 512, data.n), device=device))).latent_dist.mean
-                             for i in range(0, data.n, 512)]) * vae.config.scaling_factor
-        embeds = torch.cat([text_encoder(data.ids[i:i + 512])[0] for i in range(0, data.n, 512)])
-        empty = text_encoder(data.empty_ids)[0]
-    log(out, {"stage": "flow-data", "scenes": data.n, "seconds": round(time.time() - t0, 1)})
+        if args.pairs:
+            pairs = load_pairs(Path(args.pairs))
+            latents, noise_bank, ids = (pairs[k].to(device) for k in ("latents", "noise", "ids"))
+            empty_ids = tokenize(tokenizer, [""]).to(device)
+        else:
+            data = ShapesData(args.seed, args.data, tokenizer, device, args.workers)
+            latents = torch.cat([vae.encode(data.pixels(torch.arange(i, min(i + 512, data.n), device=device))).latent_dist.mean
+                                 for i in range(0, data.n, 512)]) * vae.config.scaling_factor
+            ids, empty_ids = data.ids, data.empty_ids
+        embeds = torch.cat([text_encoder(ids[i:i + 512])[0] for i in range(0, len(ids), 512)])
+        empty = text_encoder(empty_ids)[0]
+    n = len(latents)
+    log(out, {"stage": "flow-data", "scenes": n, "pairs": bool(args.pairs), "seconds": round(time.time() - t0, 1)})
 
-    # 2. Train: logit-normal sigmas, velocity target, 10% empty captions for classifier-free guidance.
+    # 2. Train: logit-normal (or uniform) sigmas, velocity target, empty captions (--cond-drop) for classifier-free
+    # guidance.
     budget, saving = Budget(args.minutes, args.steps, step), Every(args.save_every)
     generator = torch.Generator().manual_seed(args.seed + step)
     t_start = time.time()
     while not budget.done(step):
         set_lr(opt, lr_at(args.lr, budget.fraction(step), step, warmup=1 if step else 100))
-        idx = torch.randint(0, data.n, (args.batch,), generator=generator).to(device)
+        idx = torch.randint(0, n, (args.batch,), generator=generator).to(device)
         cond = embeds[idx]
         drop = (torch.rand(len(idx), generator=generator) < args.cond_drop).to(device)
         cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-        u = compute_density_for_timestep_sampling("logit_normal", len(idx), logit_mean=0.0, logit_std=1.0, generator=generator)
+        if args.sigmas == "uniform":
+            u = torch.rand(len(idx), generator=generator)
+        else:
+            u = compute_density_for_timestep_sampling("logit_normal", len(idx), logit_mean=0.0, logit_std=1.0,
+                                                      generator=generator)
         timesteps = (u * NUM_TRAIN_TIMESTEPS).to(device)
         z0 = latents[idx]
-        noise = torch.randn(z0.shape, generator=generator).to(device)
+        noise = noise_bank[idx] if noise_bank is not None else torch.randn(z0.shape, generator=generator).to(device)
         zt, target = noised(schedule, z0, noise, timesteps)
         with autocast(device):
             pred = unet(zt, timesteps, cond).sample.float()
@@ -107,6 +122,8 @@ def export(out: Path, folder: Path, base: Path = BASE, shift: float = 1.0) -> No
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     shutil.copy(base / "vae" / "latent_rgb.json", folder / "vae" / "latent_rgb.json")
+    if (base / "vae_tiny").is_dir():  # the suite's distilled tiny decoder (previews, fast DPS): same latents
+        shutil.copytree(base / "vae_tiny", folder / "vae_tiny", dirs_exist_ok=True)
     if (base / "evaluator").is_dir():
         shutil.copytree(base / "evaluator", folder / "evaluator", dirs_exist_ok=True)
         (folder / JUDGES_FILE).write_text(json.dumps({"loader": "studio.shapes.judges:load"}))
@@ -128,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--shift", type=float, default=1.0)
     p.add_argument("--cond-drop", type=float, default=0.1)
+    p.add_argument("--pairs", default=None, help="a reflow round: train on these (noise, sample) pairs "
+                   "(studio.shapes.reflow_pairs' folder) instead of fresh noise on scenes")
+    p.add_argument("--sigmas", choices=["logit_normal", "uniform"], default="logit_normal",
+                   help="how training sigmas are drawn (uniform: as rectified flow's reflow)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

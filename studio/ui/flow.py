@@ -12,7 +12,7 @@ from studio.events import Notice, Result, Step, SweepSummary
 from studio.flow.distributions import DISTRIBUTIONS, MIN_DRAWN_POINTS, SOURCES, TARGETS, parse_points
 from studio.flow.pairings import DEFAULT_SINKHORN_REG, PAIRINGS
 from studio.flow.plots import side_by_side
-from studio.jobs.flow_compare import EVALUATIONS, CompareRequest, Contender, compare
+from studio.jobs.flow_compare import EVALUATIONS, REFLOW_MODEL, CompareRequest, Contender, compare, row_label
 from studio.jobs.flow2d import DRAWN, TRAJECTORIES, Flow2DRequest, flow2d, parse_steps, summary
 from studio.sampling.schedulers import SAMPLERS
 from studio.studio import Studio
@@ -187,7 +187,7 @@ def build_playground(studio: Studio) -> None:
 
 # ================================================================ 2. flow vs diffusion at equal evaluations
 COMPARE_HEADERS = ["model", "evaluations", "steps", "adherence", "straightness"]
-DEFAULTS = (("shapes-v1", "DPM++ 2M"), ("shapes-v1-flow", "Flow Match Euler"))
+DEFAULTS = (("shapes-v1", "DPM++ 2M"), ("shapes-v1-flow", "Flow Match Euler"), (REFLOW_MODEL, "Flow Match Euler Uniform"))
 
 
 def build_comparison(studio: Studio) -> None:
@@ -199,15 +199,20 @@ def build_comparison(studio: Studio) -> None:
             pickers = []
             for k, (model, sampler) in enumerate(DEFAULTS):
                 with gr.Row():
-                    pickers.append(gr.Dropdown(models, value=model if model in models else None, label=f"Model {k + 1}",
-                                               allow_custom_value=True, elem_id=f"flow-model-{k}"))
-                    pickers.append(gr.Dropdown(list(SAMPLERS), value=sampler, label="Sampler", elem_id=f"flow-sampler-{k}"))
+                    pickers.append(gr.Dropdown(models, value=model if model in models else None, allow_custom_value=True,
+                                               label=f"Model {k + 1}" + (" (optional)" if k == 2 else ""),
+                                               elem_id=f"flow-model-{k}", scale=2))
+                    pickers.append(gr.Dropdown(list(SAMPLERS), value=sampler, label="Sampler", elem_id=f"flow-sampler-{k}",
+                                               scale=2))
+                    if k == 2:  # the reflow model was distilled from guided samples: it runs without CFG
+                        cfg_3 = gr.Number(value=1.0, label="Its CFG", minimum=0, maximum=20, elem_id="flow-cfg-2",
+                                          info="1: reflow", scale=1, min_width=90)
             evaluations = gr.CheckboxGroup(list(EVALUATIONS), value=list(EVALUATIONS), label="Model evaluations",
                                            elem_id="flow-evaluations")
             with gr.Row():
                 seed = gr.Number(value=0, label="Seed", info="adherence over seed, seed + 1, ...")
                 judge_seeds = gr.Slider(1, 8, value=4, step=1, label="Seeds for adherence")
-                cfg = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
+                cfg = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG), models 1 and 2")
             with gr.Row():
                 run_btn = gr.Button("Compare", variant="primary", elem_id="flow-compare")
                 stop = gr.Button("Stop", variant="stop")
@@ -221,16 +226,20 @@ def build_comparison(studio: Studio) -> None:
 
     # The API's parameter names are this function's.
     def run(prompt: str, model_1: str, sampler_1: str, model_2: str, sampler_2: str, evaluations: list, seed: float,
-            judge_seeds: float, guidance_scale: float, request: gr.Request = None):
+            judge_seeds: float, guidance_scale: float, model_3: str | None = None, sampler_3: str | None = None,
+            guidance_scale_3: float | None = None, request: gr.Request = None):
         shown: dict[tuple[int, int], Image.Image] = {}
         labels = {"rows": [], "cols": [f"{n} evals" for n in sorted(evaluations or [])]}
 
         def events():
-            contenders = tuple(Contender(m, s) for m, s in ((model_1, sampler_1), (model_2, sampler_2)) if m)
+            own = None if guidance_scale_3 is None else number_field("guidance_scale_3", guidance_scale_3, 0.0)
+            rows = ((model_1, sampler_1, None), (model_2, sampler_2, None),
+                    (model_3, sampler_3 or "Flow Match Euler Uniform", own))
+            contenders = tuple(Contender(m, s, guidance_scale=g) for m, s, g in rows if m)
             counts = tuple(sorted(number_field("evaluations", n, 0) for n in evaluations or []))
             req = CompareRequest(prompt or "", contenders, counts, number_field("seed", seed or 0, 0),
                                  number_field("guidance_scale", guidance_scale, 0.0), number_field("judge_seeds", judge_seeds, 0))
-            labels["rows"] = [f"{c.model} ({c.sampler})" for c in contenders]
+            labels["rows"] = [row_label(c, req) for c in contenders]
             yield from compare(studio.manager, req)
 
         def on_summary(event: SweepSummary) -> dict:
@@ -239,7 +248,7 @@ def build_comparison(studio: Studio) -> None:
 
         yield from grid_job_updates(events(), shown, labels, grid, progress, on_summary, request, studio.manager)
 
-    run_btn.click(run, [prompt, *pickers, evaluations, seed, judge_seeds, cfg], [grid, progress, table, plot],
+    run_btn.click(run, [prompt, *pickers[:4], evaluations, seed, judge_seeds, cfg, *pickers[4:], cfg_3], [grid, progress, table, plot],
                   concurrency_id=ACCELERATOR, concurrency_limit=1, api_name="flow_compare")
     wire_stop(stop, studio.manager, progress)
 
