@@ -9,7 +9,7 @@ from studio.jobs import Txt2ImgRequest
 from studio.presets import Preset, apply_preset, get_preset, load_presets
 from studio.sampling.schedulers import SAMPLERS
 
-SHIPPED = {"shapes-fast", "sd15", "sd21", "sdxl", "sd-turbo", "sd3"}
+SHIPPED = {"shapes-fast", "shapes-reflow", "sd15", "sd21", "sdxl", "sd-turbo", "sd3"}
 
 
 def test_shipped_presets_load_with_known_samplers():
@@ -27,6 +27,12 @@ def test_shapes_fast_uses_the_embedded_suite():
     assert (ASSETS_MODELS / preset.model / "model_index.json").is_file()
     assert (preset.width, preset.height, preset.steps, preset.sampler) == (64, 64, 20, "DPM++ 2M")
     assert preset.guidance_scale == 5.0 and isinstance(preset.guidance_scale, float)
+
+
+def test_shapes_reflow_runs_the_embedded_reflow_model_without_cfg():
+    preset = load_presets()["shapes-reflow"]
+    assert (ASSETS_MODELS / preset.model / "model_index.json").is_file()
+    assert (preset.steps, preset.sampler, preset.guidance_scale) == (2, "Flow Match Euler Uniform", 1.0)
 
 
 @pytest.mark.parametrize("text, problem", [
