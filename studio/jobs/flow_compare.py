@@ -26,8 +26,8 @@ class Contender:
     model: str
     sampler: str
     label: str = ""
-    guidance_scale: float | None = None  # its own CFG (e.g. 1 for a reflow model distilled from guided samples);
-    # None: the request's
+    # Its own CFG (e.g. 1 for a reflow model, whose training pairs were sampled with CFG); None: the request's.
+    guidance_scale: float | None = None
 
 
 REFLOW_MODEL = "shapes-v1-reflow"  # the flow suite's reflow round, sampled without CFG (its pairs had it)
