@@ -89,6 +89,7 @@ class ModelManager:
     def __init__(self, config: StudioConfig):
         self.config = config
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._specs: dict[str, str] = {}  # spec -> location of a model loaded for it (no second check of its files)
         self._lock = threading.RLock()  # guards the table of loaded models
         # Held for a whole job. A plain Lock, not an RLock: Gradio may resume a generator on another thread.
         self._accelerator = threading.Lock()
@@ -115,12 +116,19 @@ class ModelManager:
 
     # ------------------------------------------------------------ loading
     def get(self, spec: str) -> LoadedModel:
-        """The loaded model for a spec, loading it (and freeing least recently used ones) when needed."""
+        """The loaded model for a spec, loading it (and freeing least recently used ones) when needed. A spec whose
+        model is loaded (and whose folder or file is still there) is not resolved again: its weights are in memory."""
+        with self._lock:
+            key = self._specs.get(spec)
+            if key in self._loaded and Path(key).exists():
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
         source = sources.resolve(spec, self.config)
         key = source.location
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
+                self._specs[spec] = key
                 return self._loaded[key]
             pipe = self._load(source)  # still on the CPU
             model = LoadedModel(source, pipe, _module_bytes(pipe), _weights_hash(source, denoiser_name(pipe)))
@@ -131,6 +139,7 @@ class ModelManager:
             model.engines = self._engines_for(model)
             model.tiny_vae = self._tiny_vae_for(model)
             self._loaded[key] = model
+            self._specs[spec] = key
             return model
 
     def _tiny_vae_for(self, model: LoadedModel) -> torch.nn.Module | None:
@@ -265,6 +274,7 @@ class ModelManager:
 
     def _evict(self, key: str) -> None:
         model = self._loaded.pop(key)
+        self._specs = {spec: at for spec, at in self._specs.items() if at != key}
         if not self.config.offload:
             model.pipe.to("cpu")
         del model

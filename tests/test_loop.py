@@ -108,3 +108,18 @@ def test_noise_to_uses_each_schedulers_own_rule():
     t = torch.tensor([500])
     a = ddpm.alphas_cumprod[500]
     assert torch.allclose(noise_to(ddpm, x, n, t), a.sqrt() * x + (1 - a).sqrt() * n)
+
+
+def test_fresh_scheduler_is_a_new_unused_one_each_time():
+    from diffusers import DPMSolverMultistepScheduler
+
+    from studio.sampling.schedulers import fresh
+
+    config = dict(DPMSolverMultistepScheduler(beta_schedule="scaled_linear").config)
+    first = fresh(DPMSolverMultistepScheduler, config, {"algorithm_type": "dpmsolver++"})
+    first.set_timesteps(5)
+    first.step(torch.zeros(1, 4, 2, 2), first.timesteps[0], torch.ones(1, 4, 2, 2))
+    second = fresh(DPMSolverMultistepScheduler, config, {"algorithm_type": "dpmsolver++"})
+    built = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    assert second is not first and second.step_index is None and second.config == built.config
+    assert torch.equal(second.sigmas, built.sigmas) and torch.equal(second.timesteps, built.timesteps)

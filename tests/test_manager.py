@@ -45,6 +45,17 @@ def test_model_hash_is_stable(config, manager):
     assert ModelManager(config).get("tiny-sd").model_hash == h
 
 
+def test_loaded_spec_is_not_checked_again_until_its_folder_goes(work_config):
+    mm = ModelManager(work_config)
+    first = mm.get("tiny-sd")
+    weights = next((work_config.models_dir / "tiny-sd" / "unet").glob("*.safetensors"))
+    weights.write_bytes(b"not a safetensors file")  # the loaded weights are in memory: the job needs no file
+    assert mm.get("tiny-sd") is first
+    shutil.rmtree(work_config.models_dir / "tiny-sd")  # gone: the spec is resolved again, with a clear message
+    with pytest.raises(ModelError, match="not found"):
+        mm.get("tiny-sd")
+
+
 def test_budget_evicts_least_recently_used(work_config):
     shutil.copytree(work_config.models_dir / "tiny-sd", work_config.models_dir / "tiny-copy")
     work_config.memory_budget_gb = 1e-6
