@@ -157,12 +157,15 @@ def parse_lora_flag(given: str) -> tuple[str, float]:
 
 def _run(config, events, model_spec: str) -> list:
     """Print a job's progress to stderr and its saved files to stdout; returns its final events (Result, SweepSummary)."""
+    from studio.compute import on_own_thread
     from studio.manager import ModelManager  # heavy import, only where a model runs
 
     manager = ModelManager(config)
     finals = []
     try:
-        for event in events(manager):
+        # On a thread that ends with the job, as in the page: the engine builder's timings then share the CPU with
+        # no idle team of PyTorch's workers (studio.compute).
+        for event in on_own_thread(events(manager)):
             if isinstance(event, Step):
                 print(f"{event.phase + ' ' if event.phase else ''}step {event.i}/{event.n}  "
                       f"{event.metrics.get('it_per_s', 0.0):.1f} it/s", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 
+from studio.compute import on_own_thread
 from studio.errors import Cancelled, StudioError
 from studio.events import Cell, Notice, Result, Step, TrainStep
 
@@ -102,7 +103,9 @@ def guarded(events: Iterator[Any], on_event: Callable[[Any], dict], on_error: Ca
         manager.claim(session_of(request))
     shown_at, held = None, {}
     try:
-        for event in events:
+        # Each job's steps run on a thread of its own (studio.compute): Gradio advances a generator on any of its
+        # pooled threads, and PyTorch's kernels slow down twofold once two long-lived threads have run them.
+        for event in on_own_thread(events):
             # Every event is handled (plots gather their points), but step updates reach the page at most every
             # STEP_UPDATE_SECONDS, merged: each update is a round of Gradio's output processing and a message to the
             # page, and a fast run (25 steps in 0.4 s) spent more time on those than on sampling.
