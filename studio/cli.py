@@ -165,7 +165,7 @@ def _run(config, events, model_spec: str) -> list:
     try:
         # On a thread that ends with the job, as in the page: the engine builder's timings then share the CPU with
         # no idle team of PyTorch's workers (studio.compute).
-        for event in on_own_thread(events(manager)):
+        for event in on_own_thread(events(manager), on_abandon=manager.request_stop):  # Ctrl-C: Stop
             if isinstance(event, Step):
                 print(f"{event.phase + ' ' if event.phase else ''}step {event.i}/{event.n}  "
                       f"{event.metrics.get('it_per_s', 0.0):.1f} it/s", file=sys.stderr, flush=True)

@@ -10,20 +10,32 @@ thread, which exits (freeing its team) when the job ends, so at most the running
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
-def on_own_thread(events: Iterator[T]) -> Iterator[T]:
+def on_own_thread(events: Iterator[T], on_abandon: Callable[[], object] | None = None) -> Iterator[T]:
     """The items of `events`, each computed on the same new thread (the caller's thread only waits); closing this
-    generator closes `events` there too. Lock-step like the generator itself: the job does not run ahead."""
+    generator closes `events` there too. Lock-step like the generator itself: the job does not run ahead.
+
+    `on_abandon`: called when the caller stops waiting in the middle of a step (Ctrl-C in the CLI), so that the
+    step can end early (e.g. the manager's Stop) instead of being waited for before `events` is closed."""
     done = object()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="job") as pool:
         try:
-            while (item := pool.submit(next, events, done).result()) is not done:
+            while True:
+                step = pool.submit(next, events, done)
+                try:
+                    item = step.result()
+                except BaseException:
+                    if not step.done() and on_abandon is not None:
+                        on_abandon()
+                    raise
+                if item is done:
+                    return
                 yield item
         finally:
             close = getattr(events, "close", None)

@@ -1,7 +1,10 @@
 """studio.compute.on_own_thread: a job's steps all run on one thread of their own, which ends with the job."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -44,5 +47,40 @@ def test_an_error_reaches_the_caller_and_closing_early_closes_the_job_on_its_thr
     seen, closed = [], []
     events = on_own_thread(job(seen, closed))
     assert next(events) == 0
-    events.close()  # the page's Stop, or a closed tab: the job's own cleanup runs, on its own thread
+    events.close()  # a closed tab or client: the job's own cleanup runs, on its own thread
     assert closed == [seen[0]] and not seen[0].is_alive()
+
+
+def test_closing_the_pages_handler_closes_the_job_on_its_thread():
+    seen, closed = [], []
+
+    def handler():  # as studio.ui.common.guarded iterates a job, and Gradio closes the handler
+        for event in on_own_thread(job(seen, closed)):
+            yield event
+
+    outer = handler()
+    assert next(outer) == 0
+    outer.close()
+    assert closed == [seen[0]] and not seen[0].is_alive()
+
+
+def test_a_caller_that_stops_waiting_mid_step_asks_the_step_to_end():
+    stop, asked = threading.Event(), []
+
+    def slow():
+        yield 0
+        stop.wait(5)  # a long step that ends early when asked (as the manager's Stop ends a model call)
+        yield 1
+
+    events = on_own_thread(slow(), on_abandon=lambda: (asked.append(1), stop.set()))
+    assert next(events) == 0
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # Ctrl-C
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            next(events)
+        events.close()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert asked == [1] and time.monotonic() - t0 < 3
