@@ -37,6 +37,9 @@ LABELS = {"eager": "PyTorch eager", "compile": "torch.compile", "onnx": "ONNX Ru
 AUTO_CANDIDATES = ("onnx", "openvino")  # torch.compile takes minutes per shape here: only when asked for by name
 IDLE_SECONDS = 1.5  # the builder's heavy stages wait for this long without a job
 TOLERANCE = 1e-3  # max abs difference from eager on the same input (fp32 engines differ by ~1e-6)
+# In a record's file name: records of an older measurement are timed again (their exports are reused). "v2": eager
+# timed with no job thread's OpenMP team alive (studio.compute); v1 records (no suffix) show speed-ups 1.5-2.7x too high.
+RECORD_VERSION = "v2"
 
 
 def check_engine(name: str) -> str:
@@ -160,7 +163,7 @@ class ModelEngines:
 
     # ---------------------------------------------------------- building
     def _record_path(self, key: tuple) -> Path:
-        return self.cache() / f"{self._stem(key)}.{self.choice}.t{self.threads}.json"
+        return self.cache() / f"{self._stem(key)}.{self.choice}.t{self.threads}.{RECORD_VERSION}.json"
 
     @staticmethod
     def _stem(key: tuple) -> str:
@@ -200,7 +203,7 @@ class ModelEngines:
         this machine ran before), so that the first job finds them ready."""
         if not self.active:
             return
-        for path in sorted(self.cache().glob(f"*.{self.choice}.t{self.threads}.json")):
+        for path in sorted(self.cache().glob(f"*.{self.choice}.t{self.threads}.{RECORD_VERSION}.json")):
             try:
                 record = json.loads(path.read_text())
                 key = (record["part"], tuple(tuple(s) for s in record["shapes"]))
