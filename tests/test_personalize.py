@@ -253,6 +253,19 @@ def test_dreambooth_full_with_prior_writes_a_model_the_pickers_list(pmanager, pc
         list(txt2img(pmanager, Txt2ImgRequest(model="blob-db", prompt="a <blob>", steps=2, embeddings=("other",))))
 
 
+@pytest.mark.parametrize("full", [True, False])
+def test_prior_toward_the_base_models_prediction_adds_nothing_at_the_start(pmanager, image_dir, full):
+    common = {"method": "dreambooth", "full": full, "images_dir": image_dir, "steps": 1, "class_images": 2}
+    alone = steps_of(run_job(pmanager, name="db-alone", **common))[0]
+    toward_base = steps_of(run_job(pmanager, name="db-base", prior=True, prior_target="base", prior_weight=10, **common))[0]
+    toward_noise = steps_of(run_job(pmanager, name="db-noise", prior=True, prior_target="noise", prior_weight=10,
+                                    **common))[0]
+    assert toward_base == pytest.approx(alone, rel=1e-5)  # the model is the base model: its own prediction costs 0
+    assert toward_noise > alone * 1.5  # DreamBooth's target, the noise, is not what any model predicts exactly
+    with pytest.raises(RequestError, match="prior's target"):
+        run_job(pmanager, name="db-bad", prior=True, prior_target="teacher", **common)
+
+
 def test_resume_gives_the_loss_curve_of_an_uninterrupted_run(pmanager, image_dir, monkeypatch):
     whole = steps_of(run_job(pmanager, images_dir=image_dir, name="whole", steps=6, checkpoint_every=2))
     calls = {"n": 0}
@@ -285,6 +298,8 @@ def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default(pmanag
     monkeypatch.setattr(pmanager, "should_stop", lambda: False)
     with pytest.raises(RequestError, match="other settings.*ema_decay"):
         run_job(pmanager, images_dir=image_dir, name="old", steps=4, ema_decay=0.9, resume=True)
+    del settings["prior_target"]  # a run without prior preservation: its target means nothing, any default resumes
+    record.write_text(json.dumps(settings))
     assert isinstance(run_job(pmanager, images_dir=image_dir, name="old", steps=4, resume=True)[-1], Result)
 
 
@@ -397,9 +412,11 @@ def test_the_tab_builds_and_its_form_makes_a_request(pconfig, tmp_path):
     assert rows == [["a.png", "a <tok> <class>"], ["b.png", "a <tok> <class>"]]
     rows[1][1] = "a red <tok>"
     req = personalize.request_from_form(files, rows, "dreambooth-full", "<blob>", "circle", "", "tiny-sd", 10, 2, 0, 0,
-                                        4, False, False, True, 1.0, 5, 0.3, True, 0, 0, "a <tok>\n", 0, "a <class>\na big <class>", 0.99)
+                                        4, False, False, True, 1.0, 5, 0.3, True, 0, 0, "a <tok>\n", 0, "a <class>\na big <class>", 0.99,
+                                        "the noise (DreamBooth's paper)")
     assert req.method == "dreambooth" and req.full and req.prior and req.steps == 10 and req.word_dropout == 0.3
     assert req.class_prompt == "a <class>\na big <class>" and req.ema_decay == 0.99 and not req.resume
+    assert req.prior_target == "noise"
     assert [c for _, _, c in req.images] == ["a <tok> <class>", "a red <tok>"] and req.sample_prompts == ("a <tok>",)
 
 
@@ -430,8 +447,10 @@ def test_cli_class_prompts_repeat_into_one_request():
 
     args = cli.build_parser().parse_args(["train", "--method", "dreambooth", "--images", "x", "--token", "<t>",
                                           "--class-word", "shape", "--prior", "--class-prompt", "a red <class>",
-                                          "--class-prompt", "a big <class>", "--ema-decay", "0.99"])
+                                          "--class-prompt", "a big <class>", "--ema-decay", "0.99",
+                                          "--prior-target", "noise"])
     req = cli_train.request_from_args(args)
     assert req.prior and req.class_prompt == "a red <class>\na big <class>" and req.ema_decay == 0.99
+    assert req.prior_target == "noise"
     plain = cli_train.request_from_args(cli.build_parser().parse_args(["train", "--images", "x", "--token", "<t>"]))
-    assert plain.class_prompt == TrainRequest.class_prompt
+    assert plain.class_prompt == TrainRequest.class_prompt and plain.prior_target == "base"

@@ -39,6 +39,9 @@ class Parts:
     scheduler_config: dict
     token_ids: list[int]
     train_unet: bool = True  # False: textual inversion (the UNet is frozen)
+    # The base model's prediction (x_t, t, text embeddings) -> eps, when the prior's target is the base model's
+    # (distillation) instead of the class images' noise; None: DreamBooth's noise target.
+    base: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -276,6 +279,8 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
             embeds = text_encoder(tokenize(parts.tokenizer, captions).to(device))[0]
             pred = unet(x_t.to(parts.unet.dtype), tt, encoder_hidden_states=embeds.to(parts.unet.dtype)).sample
         n = len(views[share])
+        if class_latents is not None and parts.base is not None:
+            target = torch.cat([target[:n], parts.base(x_t[n:], tt[n:], embeds[n:].detach()).to(target)])
         loss = diffusion_loss(pred[:n], target[:n])
         if class_latents is not None:
             loss = loss + s.prior_weight * diffusion_loss(pred[n:], target[n:])

@@ -93,6 +93,19 @@ def adherence(manager, n_prompts: int, **request) -> float:
     return float(np.mean(hits))
 
 
+def colour_shape_adherence(manager, seeds: int, **request) -> float:
+    """The issue's plain prompts in their own form, "a <colour> <shape>" (every colour and shape of the suite, as in
+    "a green square"): fraction of images whose shape and colour the suite's evaluator finds."""
+    judges = manager.get("shapes-v1").judges
+    hits = []
+    for shape in SHAPES:
+        for colour in COLOURS:
+            caption = f"a {colour} {shape}"
+            hits += [bool(v) for v in judges.adherence(images(manager, caption, seeds, **request),
+                                                       prompts.asked_attributes(caption))]
+    return float(np.mean(hits))
+
+
 def cost(manager, common: dict, steps: int = 60) -> dict:
     """Training speed of a LoRA against full fine-tuning of the UNet (same batch, no prior, no previews), and the
     LoRA's size."""
@@ -148,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db-extra", default="{}", help="JSON of further TrainRequest settings for the dreambooth stage")
     p.add_argument("--db-priors", default="1,0", help="which DreamBooth runs: with (1) and without (0) prior")
     p.add_argument("--base-adherence", type=float, default=-1.0, help="the base model's, when measured before")
+    p.add_argument("--simple-seeds", type=int, default=2, help="seeds per 'a <colour> <shape>' prompt (48 prompts)")
     p.add_argument("--db-class-prompts", type=int, default=0,
                    help="DreamBooth's prior: class images from this many varied suite captions (other seeds than the "
                         "adherence check's), as a user lists what the base model should keep; 0: one prompt 'a diamond'")
@@ -178,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             results["ti"] = {"training": trained, **concept(manager, args.seeds, embeddings=("heart-ti",))}
         elif stage == "dreambooth":
             base = args.base_adherence if args.base_adherence >= 0 else adherence(manager, args.prompts)
-            results["dreambooth"] = {"base_adherence": base}
+            results["dreambooth"] = {"base_adherence": base,
+                                     "base_colour_shape_adherence": colour_shape_adherence(manager, args.simple_seeds)}
             db = {"full": True, "class_images": 50, **json.loads(args.db_extra)}
             if args.db_class_prompts:
                 db["class_prompt"] = "\n".join(plain_prompts(CLASS_SEED, args.db_class_prompts))
@@ -192,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
                     use = {"loras": ((name, 1.0),)}
                 seeds = args.db_concept_seeds or args.seeds
                 results["dreambooth"][name] = {"training": trained, "adherence": adherence(manager, args.prompts, **use),
+                                               "colour_shape_adherence": colour_shape_adherence(manager, args.simple_seeds,
+                                                                                                **use),
                                                **concept(manager, seeds, **use)}
                 manager.unload()
         elif stage == "cost":

@@ -38,13 +38,14 @@ def caption_rows(files, template: str) -> list[list[str]]:
 
 FORM_FIELDS = ("images", "captions", "method", "token", "class_word", "name", "model", "steps", "batch", "lr", "token_lr",
                "rank", "text_encoder_lora", "conv_lora", "prior", "prior_weight", "class_images", "word_dropout", "flip",
-               "seed", "sample_every", "sample_prompts", "minutes", "class_prompts", "ema_decay")
+               "seed", "sample_every", "sample_prompts", "minutes", "class_prompts", "ema_decay", "prior_target")
+PRIOR_TARGETS = {"the base model's prediction (distillation)": "base", "the noise (DreamBooth's paper)": "noise"}
 
 
 def request_from_form(images, captions, method: str, token: str, class_word: str, name: str, model: str, steps,
                       batch, lr, token_lr, rank, text_encoder_lora: bool, conv_lora: bool, prior: bool, prior_weight,
                       class_images, word_dropout, flip: bool, seed, sample_every, sample_prompts: str, minutes,
-                      class_prompts: str = "", ema_decay=0.0, resume: bool = False) -> TrainRequest:
+                      class_prompts: str = "", ema_decay=0.0, prior_target: str = "", resume: bool = False) -> TrainRequest:
     """The form's values as a TrainRequest; a caption left empty takes the template's."""
     table = captions.values.tolist() if isinstance(captions, pd.DataFrame) else (captions or [])
     by_name = {str(row[0]): str(row[1]).strip() for row in table if len(row) >= 2}
@@ -65,7 +66,7 @@ def request_from_form(images, captions, method: str, token: str, class_word: str
         seed=number_field("seed", seed, d.seed), sample_every=number_field("sample_every", sample_every, d.sample_every),
         sample_prompts=prompts, minutes=number_field("minutes", minutes, d.minutes), resume=resume,
         class_prompt=class_prompts or "", ema_decay=number_field("ema_decay", ema_decay, d.ema_decay),
-        command="the Personalize tab")
+        prior_target=PRIOR_TARGETS.get(prior_target, prior_target or d.prior_target), command="the Personalize tab")
 
 
 def build(studio: Studio) -> None:
@@ -106,6 +107,9 @@ def build(studio: Studio) -> None:
                     prior = gr.Checkbox(label="Prior preservation (class images from the base model)")
                     prior_weight = gr.Number(value=1.0, label="Prior loss weight")
                     class_images = gr.Number(value=TrainRequest.class_images, label="Class images", precision=0)
+                    prior_target = gr.Dropdown(list(PRIOR_TARGETS), value=next(iter(PRIOR_TARGETS)),
+                                               label="Class images' loss pulls toward",
+                                               info="distillation keeps plain prompts better (assets/personalize)")
                 class_prompts = gr.Textbox(
                     value=TrainRequest.class_prompt, lines=2, elem_id="pz-class-prompts",
                     label="Class prompts (prior preservation; one a line, <class> is the class word)",
@@ -139,7 +143,8 @@ def build(studio: Studio) -> None:
     # The API's parameter names: request_from_form's (images, captions, method, token, class_word, ...).
     named = dict(zip(FORM_FIELDS, [files, captions, method, token, class_word, name, model, steps, batch, lr, token_lr,
                                    rank, text_encoder_lora, conv_lora, prior, prior_weight, class_images, word_dropout,
-                                   flip, seed, sample_every, sample_prompts, minutes, class_prompts, ema_decay]))
+                                   flip, seed, sample_every, sample_prompts, minutes, class_prompts, ema_decay,
+                                   prior_target]))
     outputs = [bar, progress, plot, grid, result]
 
     def run(resume: bool, values: dict, request: gr.Request | None):
