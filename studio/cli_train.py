@@ -11,7 +11,7 @@ from pathlib import Path
 from studio.config import add_model_flags
 from studio.errors import RequestError
 from studio.events import Notice, Result, Samples, TrainStep
-from studio.jobs.train import DEFAULTS, METHODS, TrainRequest, train
+from studio.jobs.train import DEFAULTS, METHODS, PRIOR_TARGETS, TrainRequest, train
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     t.add_argument("--caption", default=None, help="caption of images without one; <tok> and <class> are filled in")
     t.add_argument("--prior", action="store_true", help="prior preservation: class images drawn by the base model")
     t.add_argument("--prior-weight", type=float, default=1.0)
-    t.add_argument("--prior-target", choices=("base", "noise"), default="base",
+    t.add_argument("--prior-target", choices=PRIOR_TARGETS, default=TrainRequest.prior_target,
                    help="what the class images' loss pulls toward: the base model's own prediction (a distillation "
                         "loss; keeps plain prompts best) or the noise added (DreamBooth's paper)")
     t.add_argument("--class-images", type=int, default=50)
@@ -66,7 +66,8 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
         extra["class_prompt"] = "\n".join(args.class_prompt)
     return TrainRequest(
         method=args.method, images_dir=args.images, token=args.token, class_word=args.class_word, prior=args.prior,
-        prior_weight=args.prior_weight, prior_target=args.prior_target, class_images=args.class_images, full=args.full, steps=args.steps, batch=args.batch,
+        prior_weight=args.prior_weight, prior_target=args.prior_target, class_images=args.class_images, full=args.full,
+        steps=args.steps, batch=args.batch,
         lr=args.lr, token_lr=args.token_lr, rank=args.rank, alpha=args.alpha, text_encoder_lora=args.text_encoder_lora,
         conv_lora=not args.no_conv_lora, word_dropout=args.word_dropout, vectors=args.vectors, flip=not args.no_flip,
         seed=args.seed, minutes=args.minutes, ema_decay=args.ema_decay,

@@ -280,6 +280,8 @@ def test_resume_gives_the_loss_curve_of_an_uninterrupted_run(pmanager, image_dir
     monkeypatch.setattr(pmanager, "should_stop", lambda: False)
     with pytest.raises(RequestError, match="other settings.*rank"):
         run_job(pmanager, images_dir=image_dir, name="parts", steps=6, rank=8, resume=True)
+    with pytest.raises(RequestError, match="other settings.*flip"):  # a setting switched off counts as changed too
+        run_job(pmanager, images_dir=image_dir, name="parts", steps=6, flip=False, resume=True)
     second = run_job(pmanager, images_dir=image_dir, name="parts", steps=6, checkpoint_every=2, resume=True)
     assert any("Resumed from the checkpoint at step 3" in getattr(e, "text", "") for e in second)
     assert np.allclose(steps_of(first) + steps_of(second), whole, rtol=1e-5, atol=1e-7)

@@ -231,7 +231,7 @@ def _start_or_resume(req: TrainRequest, work: Path, main: bool) -> Iterator[Noti
         defaults = {f.name: str(f.default) for f in fields(TrainRequest) if f.default is not MISSING}
         defaults.update(BEFORE_RECORDED)
         changed = [k for k in SETTINGS_KEYS if before.get(k, defaults.get(k)) != settings[k]
-                   and settings.get(ONLY_WITH.get(k, k)) != "False"]
+                   and (k not in ONLY_WITH or settings[ONLY_WITH[k]] == "True")]
         if changed:
             raise RequestError(f"The checkpoint of {req.name!r} was trained with other settings ({', '.join(changed)}); "
                                "resume with the same ones, or Start anew.")

@@ -39,7 +39,7 @@ def caption_rows(files, template: str) -> list[list[str]]:
 FORM_FIELDS = ("images", "captions", "method", "token", "class_word", "name", "model", "steps", "batch", "lr", "token_lr",
                "rank", "text_encoder_lora", "conv_lora", "prior", "prior_weight", "class_images", "word_dropout", "flip",
                "seed", "sample_every", "sample_prompts", "minutes", "class_prompts", "ema_decay", "prior_target")
-PRIOR_TARGETS = {"the base model's prediction (distillation)": "base", "the noise (DreamBooth's paper)": "noise"}
+PRIOR_TARGET_LABELS = {"the base model's prediction (distillation)": "base", "the noise (DreamBooth's paper)": "noise"}
 
 
 def request_from_form(images, captions, method: str, token: str, class_word: str, name: str, model: str, steps,
@@ -66,7 +66,7 @@ def request_from_form(images, captions, method: str, token: str, class_word: str
         seed=number_field("seed", seed, d.seed), sample_every=number_field("sample_every", sample_every, d.sample_every),
         sample_prompts=prompts, minutes=number_field("minutes", minutes, d.minutes), resume=resume,
         class_prompt=class_prompts or "", ema_decay=number_field("ema_decay", ema_decay, d.ema_decay),
-        prior_target=PRIOR_TARGETS.get(prior_target, prior_target or d.prior_target), command="the Personalize tab")
+        prior_target=PRIOR_TARGET_LABELS.get(prior_target, prior_target or d.prior_target), command="the Personalize tab")
 
 
 def build(studio: Studio) -> None:
@@ -107,7 +107,7 @@ def build(studio: Studio) -> None:
                     prior = gr.Checkbox(label="Prior preservation (class images from the base model)")
                     prior_weight = gr.Number(value=1.0, label="Prior loss weight")
                     class_images = gr.Number(value=TrainRequest.class_images, label="Class images", precision=0)
-                    prior_target = gr.Dropdown(list(PRIOR_TARGETS), value=next(iter(PRIOR_TARGETS)),
+                    prior_target = gr.Dropdown(list(PRIOR_TARGET_LABELS), value=next(iter(PRIOR_TARGET_LABELS)),
                                                label="Class images' loss pulls toward",
                                                info="distillation keeps plain prompts better (assets/personalize)")
                 class_prompts = gr.Textbox(
