@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from studio.compute import on_own_thread
 from studio.config import StudioConfig
@@ -25,56 +25,18 @@ REQUEST = Txt2ImgRequest(prompt="three small pink stars", steps=25, guidance_sca
                          preview_every=0, save=False)
 
 
-class Worker:
-    """A long-lived thread that runs the calls it is handed, one at a time (a server pool's worker)."""
-
-    def __init__(self):
-        self._calls: list = []
-        self._ready = threading.Condition()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            with self._ready:
-                self._ready.wait_for(lambda: self._calls)
-                fn, box, done = self._calls.pop()
-            if fn is None:
-                return
-            try:
-                box.append(fn())
-            except BaseException as e:  # noqa: BLE001 - handed back to the caller
-                box.append(e)
-            done.set()
-
-    def call(self, fn: Callable):
-        box, done = [], threading.Event()
-        with self._ready:
-            self._calls.append((fn, box, done))
-            self._ready.notify()
-        done.wait()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
-
-    def end(self) -> None:
-        with self._ready:
-            self._calls.append((None, None, None))
-            self._ready.notify()
-        self._thread.join()
-
-
-def drive(workers: list[Worker], events: Iterator) -> None:
-    """Advance `events` to its end, each step on the next worker in turn."""
+def drive(workers: list[ThreadPoolExecutor], events: Iterator) -> None:
+    """Advance `events` to its end, each step on the next worker in turn (a worker: one long-lived thread, as in a
+    server's pool)."""
     done = object()
     k = 0
-    while workers[k % len(workers)].call(lambda: next(events, done)) is not done:
+    while workers[k % len(workers)].submit(next, events, done).result() is not done:
         k += 1
 
 
 def case(manager: ModelManager, name: str, jobs: int) -> float:
     """Median seconds per image of `jobs` images in this case, on threads made for it (ended after)."""
-    workers = [Worker() for _ in range(1 if name == "one_thread" else 2)]
+    workers = [ThreadPoolExecutor(max_workers=1) for _ in range(1 if name == "one_thread" else 2)]
     try:
         seconds = []
         for _ in range(jobs):
@@ -87,7 +49,7 @@ def case(manager: ModelManager, name: str, jobs: int) -> float:
         return statistics.median(seconds)
     finally:
         for w in workers:
-            w.end()
+            w.shutdown()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,9 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--jobs", type=int, default=3)
     args = p.parse_args(argv)
     manager = ModelManager(StudioConfig(engine="eager"))
-    loader = Worker()  # loading runs kernels too: on a thread that ends
-    loader.call(lambda: [list(txt2img(manager, REQUEST)) for _ in range(2)])
-    loader.end()
+    with ThreadPoolExecutor(max_workers=1) as loader:  # loading runs kernels too: on a thread that ends
+        loader.submit(lambda: [list(txt2img(manager, REQUEST)) for _ in range(2)]).result()
     names = ("one_thread", "two_threads_in_turn", "own_thread")
     seen: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):  # in turns, so that drift weighs on every case alike

@@ -81,29 +81,26 @@ def plain_prompts(seed: int, n: int) -> list[str]:
                                                              "someone"))][:n]
 
 
-def adherence(manager, n_prompts: int, **request) -> float:
-    """Plain prompts (fresh single-shape captions of the suite): fraction whose every asked attribute the suite's
-    evaluator finds."""
-    chosen = plain_prompts(EVAL_SEED, n_prompts)
-    judges = manager.get("shapes-v1").judges  # the suite's evaluator judges every model's images
+def adherent_share(manager, captions: list[str], seeds: int, **request) -> float:
+    """Fraction of the images (each caption at `seeds` seeds) in which the suite's evaluator, which judges every
+    model's images, finds every attribute the caption asks for."""
+    judges = manager.get("shapes-v1").judges
     hits = []
-    for k, caption in enumerate(chosen):
-        ims = images(manager, caption, 1, **request)
-        hits.append(bool(judges.adherence(ims, prompts.asked_attributes(caption))[0]))
+    for caption in captions:
+        ims = images(manager, caption, seeds, **request)
+        hits += [bool(v) for v in judges.adherence(ims, prompts.asked_attributes(caption))]
     return float(np.mean(hits))
+
+
+def adherence(manager, n_prompts: int, **request) -> float:
+    """Plain prompts (fresh single-shape captions of the suite, with size and place), one seed each."""
+    return adherent_share(manager, plain_prompts(EVAL_SEED, n_prompts), 1, **request)
 
 
 def colour_shape_adherence(manager, seeds: int, **request) -> float:
     """The issue's plain prompts in their own form, "a <colour> <shape>" (every colour and shape of the suite, as in
-    "a green square"): fraction of images whose shape and colour the suite's evaluator finds."""
-    judges = manager.get("shapes-v1").judges
-    hits = []
-    for shape in SHAPES:
-        for colour in COLOURS:
-            caption = f"a {colour} {shape}"
-            hits += [bool(v) for v in judges.adherence(images(manager, caption, seeds, **request),
-                                                       prompts.asked_attributes(caption))]
-    return float(np.mean(hits))
+    "a green square"): shape and colour judged."""
+    return adherent_share(manager, [f"a {c} {s}" for s in SHAPES for c in COLOURS], seeds, **request)
 
 
 def cost(manager, common: dict, steps: int = 60) -> dict:
