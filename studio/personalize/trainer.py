@@ -275,12 +275,12 @@ def run(parts: Parts, data: Data, s: Schedule, work: Path, accelerator, should_s
             group["lr"] = group["base_lr"] * lr_scale
         x0, eps, tt = x0.to(device), eps.to(device), tt.to(device)
         x_t, target = noised(scheduler, x0, eps, tt)
+        n = len(views[share])
         with autocast(device):
             embeds = text_encoder(tokenize(parts.tokenizer, captions).to(device))[0]
             pred = unet(x_t.to(parts.unet.dtype), tt, encoder_hidden_states=embeds.to(parts.unet.dtype)).sample
-        n = len(views[share])
-        if class_latents is not None and parts.base is not None:
-            target = torch.cat([target[:n], parts.base(x_t[n:], tt[n:], embeds[n:].detach()).to(target)])
+            if class_latents is not None and parts.base is not None:  # under the same autocast as the prediction
+                target = torch.cat([target[:n], parts.base(x_t[n:], tt[n:], embeds[n:].detach()).to(target)])
         loss = diffusion_loss(pred[:n], target[:n])
         if class_latents is not None:
             loss = loss + s.prior_weight * diffusion_loss(pred[n:], target[n:])
