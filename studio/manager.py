@@ -61,9 +61,13 @@ def _module_bytes(pipe: DiffusionPipeline) -> int:
     return total
 
 
+HASH_SAMPLE = 2**16  # bytes of the weights read at each of three places (start, middle, end of the tensor data)
+
+
 def _weights_hash(source: sources.ModelSource, denoiser: str) -> str:
     """A short, cheap fingerprint: sha256 of the denoiser's (or checkpoint's) safetensors header, which lists every
-    tensor. `denoiser` is its folder: "unet" or "transformer"."""
+    tensor, and of three samples of its weights (the header alone is the same for every fine-tune of one
+    architecture). `denoiser` is its folder: "unet" or "transformer"."""
     location = Path(source.location)
     if location.is_file():
         files = [location]
@@ -77,6 +81,10 @@ def _weights_hash(source: sources.ModelSource, denoiser: str) -> str:
             if f.suffix == ".safetensors":
                 n = int.from_bytes(raw.read(8), "little")
                 digest.update(raw.read(min(n, 10_000_000)))
+                start, size = 8 + n, f.stat().st_size
+                for at in (start, (start + size) // 2, size - HASH_SAMPLE):
+                    raw.seek(max(start, at))
+                    digest.update(raw.read(HASH_SAMPLE))
             else:  # no header listing the tensors: the first MiB stands in for it
                 digest.update(raw.read(2**20))
         digest.update(str(f.stat().st_size).encode())

@@ -56,6 +56,30 @@ def test_loaded_spec_is_not_checked_again_until_its_folder_goes(work_config):
         mm.get("tiny-sd")
 
 
+def test_a_fine_tune_of_the_same_layout_has_its_own_hash(work_config):
+    from safetensors.torch import load_file
+
+    shutil.copytree(work_config.models_dir / "tiny-sd", work_config.models_dir / "tiny-tuned")
+    weights = next((work_config.models_dir / "tiny-tuned" / "unet").glob("*.safetensors"))
+    header = _header(weights)
+    save_file({k: v + 1e-3 for k, v in load_file(str(weights)).items()}, str(weights), metadata=_metadata(weights))
+    assert _header(weights) == header  # the same layout, byte for byte: only the weights differ
+    mm = ModelManager(work_config)
+    assert mm.get("tiny-tuned").model_hash != mm.get("tiny-sd").model_hash
+
+
+def _header(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[:8 + int.from_bytes(raw[:8], "little")]
+
+
+def _metadata(path: Path) -> dict | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
 def test_budget_evicts_least_recently_used(work_config):
     shutil.copytree(work_config.models_dir / "tiny-sd", work_config.models_dir / "tiny-copy")
     work_config.memory_budget_gb = 1e-6
