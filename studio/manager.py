@@ -61,13 +61,10 @@ def _module_bytes(pipe: DiffusionPipeline) -> int:
     return total
 
 
-HASH_SAMPLE = 2**16  # bytes of the weights read at each of three places (start, middle, end of the tensor data)
-
-
-def _weights_hash(source: sources.ModelSource, denoiser: str) -> str:
+def _weights_hash(source: sources.ModelSource, denoiser: str, sample: int = 2**16) -> str:
     """A short, cheap fingerprint: sha256 of the denoiser's (or checkpoint's) safetensors header, which lists every
-    tensor, and of three samples of its weights (the header alone is the same for every fine-tune of one
-    architecture). `denoiser` is its folder: "unet" or "transformer"."""
+    tensor, and of `sample` bytes of its weights at the start, middle and end of the tensor data (the header alone is
+    the same for every fine-tune of one architecture). `denoiser` is its folder: "unet" or "transformer"."""
     location = Path(source.location)
     if location.is_file():
         files = [location]
@@ -82,9 +79,9 @@ def _weights_hash(source: sources.ModelSource, denoiser: str) -> str:
                 n = int.from_bytes(raw.read(8), "little")
                 digest.update(raw.read(min(n, 10_000_000)))
                 start, size = 8 + n, f.stat().st_size
-                for at in (start, (start + size) // 2, size - HASH_SAMPLE):
+                for at in (start, (start + size) // 2, size - sample):
                     raw.seek(max(start, at))
-                    digest.update(raw.read(HASH_SAMPLE))
+                    digest.update(raw.read(sample))
             else:  # no header listing the tensors: the first MiB stands in for it
                 digest.update(raw.read(2**20))
         digest.update(str(f.stat().st_size).encode())
