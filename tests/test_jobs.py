@@ -56,3 +56,21 @@ def test_saved_png_reloads_into_a_request_that_reproduces_the_image(manager, con
     second = list(txt2img(manager, again))[-1]
     assert np.array_equal(np.asarray(first.images[0]), np.asarray(second.images[0]))
     assert len(list(config.outputs_dir.glob("*.png"))) == 2  # nothing overwritten
+
+
+def test_gallery_keeps_the_latest_images_newest_first(manager, config):
+    """A run's reply carries the gallery: kept to GALLERY_KEEP entries so that it does not grow with every run."""
+    import gradio as gr
+
+    from studio.ui.common import GALLERY_KEEP, job_updates, result_panel
+
+    with gr.Blocks():
+        out = result_panel("gallery-test-")
+    past = [(f"earlier-{i}.png", f"seed {i}") for i in range(GALLERY_KEEP - 1)]
+    req = Txt2ImgRequest(model="tiny-sd", prompt="a red star", steps=1, seed=5, batch_size=2, width=32, height=32)
+    last = list(job_updates(txt2img(manager, req), past, out))[-1]
+    gallery = last[out.gallery]
+    assert len(gallery) == GALLERY_KEEP and last[out.history] == gallery
+    assert [caption for _, caption in gallery[:2]] == ["seed 5", "seed 6"]
+    assert all(str(config.outputs_dir) in path for path, _ in gallery[:2])
+    assert gallery[2:] == past[:GALLERY_KEEP - 2]  # the oldest earlier entry dropped

@@ -2,6 +2,7 @@
 image and queue limits, the outputs folder served wherever it is, and model paths confined to the studio's folders."""
 from __future__ import annotations
 
+import inspect
 import io
 import socket
 import tempfile
@@ -312,3 +313,29 @@ def test_generate_through_the_api_with_outputs_outside_the_working_folder(tmp_pa
         assert len(list(outputs.glob("*.png"))) == 1 and time.time() - start < 120
     finally:
         demo.close()
+
+
+def test_queue_loop_polls_at_the_studios_pace(tmp_path):
+    """launch() slows Gradio's idle queue polling (1 ms -> QUEUE_POLL_S); the attributes it sets must still be the
+    ones Gradio's loop reads, and jobs must still be picked up and finished."""
+    from gradio import queueing
+
+    loop_source = inspect.getsource(queueing.Queue.start_processing)
+    assert "self.sleep_when_free" in loop_source
+    assert "self.progress_update_sleep_when_free" in inspect.getsource(queueing.Queue.start_progress_updates)
+    started, release = threading.Event(), threading.Event()
+    release.set()
+    demo = tiny_blocks(started, release)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+        server.launch(demo, server.ServeSettings(port=free_port()), StudioConfig(outputs_dir=tmp_path),
+                      prevent_thread_lock=True, quiet=True)
+        try:
+            assert (demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free) == \
+                (server.QUEUE_POLL_S, server.PROGRESS_POLL_S)
+            for text in ("first", "second"):  # one after another: each is picked up from an idle queue
+                event = httpx.post(f"{demo.local_url}gradio_api/call/slow", json={"data": [text]}).json()["event_id"]
+                reply = httpx.get(f"{demo.local_url}gradio_api/call/slow/{event}", timeout=30).text
+                assert "event: complete" in reply and text in reply, reply
+        finally:
+            demo.close()

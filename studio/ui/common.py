@@ -89,6 +89,7 @@ def deferred(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
     yield from make()
 
 
+GALLERY_KEEP = 48  # finished images a page's gallery (and a script's reply) holds, newest first
 STEP_UPDATE_SECONDS = 0.1  # a page shows a job's progress (step line, live preview) at most ten times a second
 
 
@@ -173,7 +174,8 @@ def result_panel(prefix: str, progress_text: str = "") -> Outputs:
     progress = gr.Markdown(progress_text, elem_id=f"{prefix}status-line")
     used_seed = gr.Textbox(label="Seed used", interactive=False, placeholder="after a run", max_lines=1,
                            elem_id=f"{prefix}seed-used")
-    gallery = gr.Gallery(label="Finished images (saved with their settings)", columns=3, height=260, object_fit="contain",
+    gallery = gr.Gallery(label=f"Finished images (the latest {GALLERY_KEEP}, each saved with its settings)", columns=3,
+                         height=260, object_fit="contain",
                          elem_id=f"{prefix}gallery", elem_classes=["pixelated", "fixed-grid"])
     infotext = gr.Textbox(label="Settings of the last image", lines=3, interactive=False)
     return Outputs(live, progress, gallery, gr.State([]), used_seed, infotext)
@@ -202,6 +204,9 @@ def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict
             return on_other(event) if on_other else {}
         items = [(str(p), f"seed {s}") for p, s in zip(event.paths, event.seeds)] or [(im, f"seed {s}") for im, s in zip(event.images, event.seeds)]
         shown[:0] = items
+        # Every run sends the whole gallery again (Gradio re-processes each file, a script downloads each one): kept
+        # to the latest GALLERY_KEEP images, the older ones are in the outputs folder.
+        del shown[GALLERY_KEEP:]
         where = f" · saved to {Path(event.paths[0]).parent}" if event.paths else ""
         # The finished image as saved (a PNG with its settings), so that downloading the big view gives that file.
         final = str(event.paths[0]) if len(event.paths) == 1 else tile(event.images)
