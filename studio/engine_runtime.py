@@ -158,16 +158,26 @@ def compile_runner(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
     return run
 
 
-def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 3, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, taken in turns (A B C A B C ...) so that a busy moment, drift, or a
-    runtime's threads still spinning after its call weigh on all alike; `calls` calls per turn. The benchmarks use
-    it too (bench.common.interleaved)."""
+# ONNX Runtime's pool keeps spinning for about 40 ms after a call (measured here: 36-44 ms of CPU in the 100 ms after
+# one), OpenVINO's for about 1 ms. Timed right after ONNX Runtime, any other function shared the two cores with that
+# spinning: the engines' choice favoured ONNX Runtime (its UNet 1.19x OpenVINO's speed when timed back to back; 0.94x
+# with a pause between turns, 20 turns of 10 calls, two runs), and a benchmark's baseline after the studio's call ran
+# slower. So each turn starts after PAUSE_S of quiet.
+PAUSE_S = 0.06
+
+
+def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 3, warmup: int = 1,
+            pause: float = PAUSE_S) -> dict[str, float]:
+    """Median seconds per call of each function, taken in turns (A B C A B C ...) so that a busy moment or drift
+    weighs on all alike; `calls` calls per turn, each turn after `pause` seconds without work. The benchmarks use it
+    too (bench.common.interleaved)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     seen: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(pause)
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()

@@ -39,7 +39,8 @@ IDLE_SECONDS = 1.5  # the builder's heavy stages wait for this long without a jo
 TOLERANCE = 1e-3  # max abs difference from eager on the same input (fp32 engines differ by ~1e-6)
 # In a record's file name: records of an older measurement are timed again (their exports are reused). "v2": eager
 # timed with no job thread's OpenMP team alive (studio.compute); v1 records (no suffix) show speed-ups 1.5-2.7x too high.
-RECORD_VERSION = "v2"
+# "v3": each engine timed after a pause (engine_runtime.PAUSE_S); v2 timed OpenVINO inside ONNX Runtime's spinning.
+RECORD_VERSION = "v3"
 
 
 def check_engine(name: str) -> str:

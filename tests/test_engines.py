@@ -3,6 +3,7 @@ used for plain calls only, loaded from the cache after a restart; the prompt cac
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -132,3 +133,24 @@ def test_prompts_are_encoded_once_while_the_text_encoder_is_plain(manager, tiny_
         assert encode_prompt(model, "a red circle", "", 1, True, (64, 64)) is not a
     finally:
         model.pipe.tokenizer = plain
+
+
+def test_timings_leave_a_quiet_pause_before_each_turn():
+    """A runtime's threads spin after its calls (ONNX Runtime's for ~40 ms): each timed turn starts after a pause,
+    so that the next candidate is not timed beside them."""
+    from studio.engine_runtime import PAUSE_S, timings
+
+    marks: list[tuple[str, float, float]] = []
+
+    def work(name):
+        def fn():
+            t0 = time.perf_counter()
+            sum(range(20000))
+            marks.append((name, t0, time.perf_counter()))
+        return fn
+
+    seconds = timings({"a": work("a"), "b": work("b")}, rounds=3, calls=2, warmup=0)
+    assert set(seconds) == {"a", "b"} and all(s > 0 for s in seconds.values())
+    assert len(marks) == 12
+    turn_starts = range(2, 12, 2)  # every second call begins a new turn
+    assert all(marks[i][1] - marks[i - 1][2] >= PAUSE_S * 0.95 for i in turn_starts)
