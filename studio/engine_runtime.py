@@ -146,7 +146,16 @@ def openvino_runner(path: Path, threads: int, cache: Path, precision: str = "f32
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                      "INFERENCE_NUM_THREADS": threads, "CACHE_DIR": str(cache)})
     request = compiled.create_infer_request()
-    return _numpy_runner(lambda arrays: request.infer(arrays)[compiled.output(0)].copy())
+
+    def run(arrays: list[np.ndarray]) -> np.ndarray:
+        # The inputs as tensors over the arrays' own memory, set by index: `request.infer(arrays)` dispatched them
+        # through OpenVINO's Python helpers at 0.44 ms a call, this 0.14 ms (the UNet's call is 11-15 ms). The output
+        # buffer is the request's own and is reused: copied.
+        for i, array in enumerate(arrays):
+            request.set_input_tensor(i, ov.Tensor(array, shared_memory=True))
+        request.infer()
+        return request.get_output_tensor(0).data.copy()
+    return _numpy_runner(run)
 
 
 def compile_runner(module: torch.nn.Module) -> Callable[..., torch.Tensor]:

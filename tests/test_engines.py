@@ -42,8 +42,11 @@ def pixels(result: Result) -> np.ndarray:
     return np.asarray(result.images[0]).astype(int)
 
 
-def test_onnx_engine_is_built_in_the_background_matches_eager_and_is_then_used(config, tiny_model_dir, tmp_path):
-    manager = ModelManager(engine_config(config, tmp_path))
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_engine_is_built_in_the_background_matches_eager_and_is_then_used(config, tiny_model_dir, tmp_path, engine):
+    if not engines.installed(engine):
+        pytest.skip(f"{engine} is not installed")
+    manager = ModelManager(engine_config(config, tmp_path, engine))
     first = run(manager, tiny_model_dir)  # eager, while the engine builds
     assert "optimizing for this CPU" in first.engine
     model = manager.get(str(tiny_model_dir))
@@ -51,9 +54,11 @@ def test_onnx_engine_is_built_in_the_background_matches_eager_and_is_then_used(c
     assert not model.engines.pending()
     unet_calls, decoder_calls = Calls(model.pipe.unet), Calls(model.pipe.vae.decoder)
     second = run(manager, tiny_model_dir)
-    assert unet_calls.n == 0 and decoder_calls.n == 0  # both parts ran on ONNX Runtime
-    assert model.engines.built("unet").engine == "onnx" and model.engines.built("unet").max_abs_diff < 1e-4
-    assert "ONNX Runtime" in second.engine and "threads" in second.engine
+    assert unet_calls.n == 0 and decoder_calls.n == 0  # both parts ran on the engine
+    assert model.engines.built("unet").engine == engine and model.engines.built("unet").max_abs_diff < 1e-4
+    assert engines.LABELS[engine] in second.engine and "threads" in second.engine
+    third = run(manager, tiny_model_dir)  # a second call on the engine: its reused buffers give the same image
+    assert np.array_equal(pixels(second), pixels(third))
     assert np.abs(pixels(first) - pixels(second)).max() <= 1  # the same image (8-bit rounding at most)
 
 
