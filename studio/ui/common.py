@@ -174,7 +174,7 @@ def result_panel(prefix: str, progress_text: str = "") -> Outputs:
     progress = gr.Markdown(progress_text, elem_id=f"{prefix}status-line")
     used_seed = gr.Textbox(label="Seed used", interactive=False, placeholder="after a run", max_lines=1,
                            elem_id=f"{prefix}seed-used")
-    gallery = gr.Gallery(label=f"Finished images (the latest {GALLERY_KEEP}, each saved with its settings)", columns=3,
+    gallery = gr.Gallery(label=f"Latest {GALLERY_KEEP} images (saved with their settings)", columns=3,
                          height=260, object_fit="contain",
                          elem_id=f"{prefix}gallery", elem_classes=["pixelated", "fixed-grid"])
     infotext = gr.Textbox(label="Settings of the last image", lines=3, interactive=False)
