@@ -3,6 +3,7 @@ used for plain calls only, loaded from the cache after a restart; the prompt cac
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import numpy as np
@@ -159,3 +160,29 @@ def test_timings_leave_a_quiet_pause_before_each_turn():
     assert len(marks) == 12
     turn_starts = range(2, 12, 2)  # every second call begins a new turn
     assert all(marks[i][1] - marks[i - 1][2] >= PAUSE_S * 0.95 for i in turn_starts)
+
+
+def test_auto_runs_a_models_parts_on_the_runtime_of_its_unet(config, tiny_model_dir, tmp_path, monkeypatch):
+    """The decoder follows the UNet's runtime even where another one times faster for it alone (two runtimes in one
+    image cost more than their own timings show). The timings are set here: the UNet faster on OpenVINO, the
+    decoder on ONNX Runtime."""
+    if not (engines.installed("onnx") and engines.installed("openvino")):
+        pytest.skip("needs ONNX Runtime and OpenVINO")
+    alone = iter([{"onnx": 0.005, "openvino": 0.004}, {"onnx": 0.003, "openvino": 0.005}])  # UNet, then decoder
+
+    def set_timings(fns, **_):
+        for fn in fns.values():
+            fn()
+        return {"eager": 0.010} if list(fns) == ["eager"] else next(alone)
+
+    monkeypatch.setattr(engines, "timings", set_timings)
+    manager = ModelManager(engine_config(config, tmp_path, "auto"))
+    run(manager, tiny_model_dir)
+    model = manager.get(str(tiny_model_dir))
+    model.engines.wait()
+    assert model.engines.built("unet").engine == "openvino"
+    decoder = model.engines.built("decoder")
+    assert decoder.engine == "openvino" and decoder.speedup == pytest.approx(2.0)
+    record = json.loads(next((tmp_path / "cache").rglob(f"decoder-*.auto.*.{engines.RECORD_VERSION}.json")).read_text())
+    assert record["chosen"] == "openvino" and record["onnx"]["speedup"] > record["openvino"]["speedup"]
+    assert any("like the UNet" in note for note in record["notes"])
