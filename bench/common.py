@@ -8,7 +8,7 @@ from studio.engine_runtime import timings
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2) -> dict[str, float]:
     """Median seconds per call of each function, calling them in turn (A B A B ...) so drift hits all alike."""
-    return timings(fns, rounds=repeats, calls=1, warmup=warmup)
+    return timings(fns, rounds=repeats, calls=1, warmup=warmup, settle=0)
 
 
 def suite_pipeline(sampler: str = "DPM++ 2M"):

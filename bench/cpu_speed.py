@@ -40,9 +40,13 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), "--cache-dir", str(cache),
              "--outputs-dir", str(outputs)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.fresh_clients()
+
+    def fresh_clients(self) -> None:
+        """Two new sessions, so that both clients' galleries (which every reply carries) start empty together. The
+        second as the README advises a script on this machine over http: gradio_client otherwise builds two TLS
+        contexts per call (26-65 ms of CPU each here) although plain http has nothing to verify."""
         self.client = self._connect()
-        # As the README advises a script on this machine over http: gradio_client otherwise builds two TLS contexts
-        # per call (26-65 ms of CPU each here) although plain http has nothing to verify.
         self.local_client = self._connect(ssl_verify=False)
 
     def _connect(self, **options):
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         _, status = server.generate()
     build_wait_s = time.perf_counter() - t0
     # 2. Steady state, interleaved with eager diffusers in this process.
+    server.fresh_clients()
     t = interleaved({"studio_api": lambda: server.generate(), "diffusers_eager": diffusers_image,
                      "studio_api_ssl_verify_false": lambda: server.generate(server.local_client),
                      "matmuls": matmuls}, repeats=args.repeats)

@@ -146,13 +146,15 @@ def openvino_runner(path: Path, threads: int, cache: Path, precision: str = "f32
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                      "INFERENCE_NUM_THREADS": threads, "CACHE_DIR": str(cache)})
     request = compiled.create_infer_request()
+    dtypes = [i.get_element_type().to_dtype() for i in compiled.inputs]
 
     def run(arrays: list[np.ndarray]) -> np.ndarray:
         # The inputs as tensors over the arrays' own memory, set by index: `request.infer(arrays)` dispatched them
-        # through OpenVINO's Python helpers at 0.44 ms a call, this 0.14 ms (the UNet's call is 11-15 ms). The output
-        # buffer is the request's own and is reused: copied.
-        for i, array in enumerate(arrays):
-            request.set_input_tensor(i, ov.Tensor(array, shared_memory=True))
+        # through OpenVINO's Python helpers at 0.44 ms a call, this 0.14 ms (the UNet's call is 11-15 ms). A tensor
+        # set so is not converted (infer() did): converted here if its type differs. The output buffer is the
+        # request's own and is reused: copied.
+        for i, (array, dtype) in enumerate(zip(arrays, dtypes)):
+            request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(array, dtype=dtype), shared_memory=True))
         request.infer()
         return request.get_output_tensor(0).data.copy()
     return _numpy_runner(run)
@@ -176,10 +178,11 @@ PAUSE_S = 0.06
 
 
 def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 3, warmup: int = 1,
-            pause: float = PAUSE_S) -> dict[str, float]:
+            pause: float = PAUSE_S, settle: int = 1) -> dict[str, float]:
     """Median seconds per call of each function, taken in turns (A B C A B C ...) so that a busy moment or drift
-    weighs on all alike; `calls` calls per turn, each turn after `pause` seconds without work. The benchmarks use it
-    too (bench.common.interleaved)."""
+    weighs on all alike; `calls` calls per turn, each turn after `pause` seconds without work and `settle` untimed
+    calls (an engine's calls come back to back in a job: timed warm). The benchmarks use it too, without settling
+    (bench.common.interleaved: a whole image, as a click starts it)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -187,6 +190,8 @@ def timings(fns: dict[str, Callable[[], object]], rounds: int = 7, calls: int = 
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(pause)
+            for _ in range(settle):
+                fn()
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()

@@ -303,7 +303,7 @@ class ModelEngines:
         for choice in found:
             choice.speedup = eager_s / seconds[choice.engine]
         best = max(found, key=lambda c: c.speedup)
-        best = self._same_runtime_as_unet(key[0], found, best, notes)
+        best = self._same_runtime_as_unet(key[0], key[1], found, best, notes)
         if self.choice == "auto" and best.speedup < 1.0:
             notes.append(f"{LABELS[best.engine]} was slower here ({best.speedup:.2f}x)")
             best = Choice("eager", notes=notes)
@@ -315,14 +315,21 @@ class ModelEngines:
         path.write_text(json.dumps(record, indent=2))
         return best
 
-    def _same_runtime_as_unet(self, part: str, found: list[Choice], best: Choice, notes: list[str]) -> Choice:
+    def _unet_for(self, shapes: tuple) -> Choice | None:
+        """The UNet engine built for the same latent size as a part's first input (the newest), else any UNet's."""
+        unets = [(s, c) for (p, s), c in self._snapshot() if p == "unet"]
+        same = [c for s, c in unets if tuple(s[0][2:]) == tuple(shapes[0][2:])]
+        return (same or [c for _, c in unets] or [None])[-1]
+
+    def _same_runtime_as_unet(self, part: str, shapes: tuple, found: list[Choice], best: Choice,
+                              notes: list[str]) -> Choice:
         """With `auto`, a model's other parts run on the runtime its UNet runs on, when that one is valid for them and
         beats eager. Two runtimes in one image cost more than the parts' own timings show: ONNX Runtime's pool spins
         for ~40 ms after its last call, beside whatever runs next (OpenVINO's decoder; after its own decoder, the
         server's work on the result and the script). Measured through the API (one server per choice, 14 calls
         each, in turns): the suite with an OpenVINO UNet and an ONNX Runtime decoder 0.51 and 0.56 s an image, all
         on OpenVINO 0.46 and 0.51 s, although that decoder alone is 1.3x faster on ONNX Runtime."""
-        unet = self.built("unet") if part != "unet" and self.choice == "auto" else None
+        unet = self._unet_for(shapes) if part != "unet" and self.choice == "auto" else None
         if unet is None or unet.run is None or unet.engine == best.engine:
             return best
         same = next((c for c in found if c.engine == unet.engine and c.speedup >= 1.0), None)

@@ -58,8 +58,13 @@ def test_engine_is_built_in_the_background_matches_eager_and_is_then_used(config
     assert unet_calls.n == 0 and decoder_calls.n == 0  # both parts ran on the engine
     assert model.engines.built("unet").engine == engine and model.engines.built("unet").max_abs_diff < 1e-4
     assert engines.LABELS[engine] in second.engine and "threads" in second.engine
-    third = run(manager, tiny_model_dir)  # a second call on the engine: its reused buffers give the same image
+    third = run(manager, tiny_model_dir)  # a second run on the engine gives the same image
     assert np.array_equal(pixels(second), pixels(third))
+    if engine == "openvino":  # an integer timestep is converted to the export's input type, as eager takes it
+        sample_shape, step_shape, context_shape = model.engines.built_shapes("unet")[0]
+        sample, context, steps = torch.randn(sample_shape), torch.randn(context_shape), torch.full(step_shape, 500)
+        unet = model.engines.built("unet").run
+        assert torch.equal(unet(sample, steps, context), unet(sample, steps.float(), context))
     assert np.abs(pixels(first) - pixels(second)).max() <= 1  # the same image (8-bit rounding at most)
 
 
@@ -155,11 +160,12 @@ def test_timings_leave_a_quiet_pause_before_each_turn():
             marks.append((name, t0, time.perf_counter()))
         return fn
 
-    seconds = timings({"a": work("a"), "b": work("b")}, rounds=3, calls=2, warmup=0)
+    seconds = timings({"a": work("a"), "b": work("b")}, rounds=3, calls=2, warmup=0)  # one untimed call first
     assert set(seconds) == {"a", "b"} and all(s > 0 for s in seconds.values())
-    assert len(marks) == 12
-    turn_starts = range(2, 12, 2)  # every second call begins a new turn
+    assert len(marks) == 18 and [m[0] for m in marks[:6]] == ["a"] * 3 + ["b"] * 3
+    turn_starts = range(3, 18, 3)  # every third call (the untimed one) begins a new turn
     assert all(marks[i][1] - marks[i - 1][2] >= PAUSE_S * 0.95 for i in turn_starts)
+    assert all(marks[i + 1][1] - marks[i][2] < PAUSE_S / 2 for i in turn_starts)  # then the timed calls, at once
 
 
 def test_auto_runs_a_models_parts_on_the_runtime_of_its_unet(config, tiny_model_dir, tmp_path, monkeypatch):

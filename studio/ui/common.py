@@ -205,8 +205,9 @@ def job_updates(events, past: list, out: Outputs, on_other: Callable[[Any], dict
         items = [(str(p), f"seed {s}") for p, s in zip(event.paths, event.seeds)] or [(im, f"seed {s}") for im, s in zip(event.images, event.seeds)]
         shown[:0] = items
         # Every run sends the whole gallery again (Gradio re-processes each file, a script downloads each one): kept
-        # to the latest GALLERY_KEEP images, the older ones are in the outputs folder.
-        del shown[GALLERY_KEEP:]
+        # to the latest GALLERY_KEEP images (all of this run's, if its batch is larger), the older ones are in the
+        # outputs folder.
+        del shown[max(GALLERY_KEEP, len(items)):]
         where = f" · saved to {Path(event.paths[0]).parent}" if event.paths else ""
         # The finished image as saved (a PNG with its settings), so that downloading the big view gives that file.
         final = str(event.paths[0]) if len(event.paths) == 1 else tile(event.images)
