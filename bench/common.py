@@ -6,6 +6,19 @@ from collections.abc import Callable
 from studio.engine_runtime import timings
 
 
+def reference_matmuls(n: int, count: int) -> tuple[Callable[[], None], float]:
+    """Reference work to time in turns with what is measured (the VM's speed drifts): `count` fp32 matrix products
+    of n x n; the function and its FLOPs."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+
+    def run() -> None:
+        for _ in range(count):
+            a @ b
+    return run, 2.0 * n**3 * count
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2) -> dict[str, float]:
     """Median seconds per call of each function, calling them in turn (A B A B ...) so drift hits all alike."""
     return timings(fns, rounds=repeats, calls=1, warmup=warmup, settle=0)

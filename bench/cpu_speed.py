@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import interleaved, suite_pipeline
+from bench.common import interleaved, reference_matmuls, suite_pipeline
 from studio.config import StudioConfig
 from studio.server import free_port
 
@@ -84,16 +84,6 @@ def image_flops() -> float:
     return float(counter.get_total_flops())
 
 
-MATMUL_N, MATMULS = 1024, 20
-
-
-def matmuls(a=torch.randn(MATMUL_N, MATMUL_N), b=torch.randn(MATMUL_N, MATMUL_N)) -> None:
-    """The reference work: MATMULS fp32 matmuls of MATMUL_N x MATMUL_N, timed in turns with the images (the VM's
-    speed drifts: a rate taken once, apart, read 160-324 GFLOP/s in one session)."""
-    for _ in range(MATMULS):
-        a @ b
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=7)
@@ -117,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     build_wait_s = time.perf_counter() - t0
     # 2. Steady state, interleaved with eager diffusers in this process.
     server.fresh_clients()
+    # The matmul rate in turns with the images: taken once, apart, it read 160-324 GFLOP/s in one session.
+    matmuls, matmul_flops = reference_matmuls(1024, 20)
     t = interleaved({"studio_api": lambda: server.generate(), "diffusers_eager": diffusers_image,
                      "studio_api_ssl_verify_false": lambda: server.generate(server.local_client),
                      "matmuls": matmuls}, repeats=args.repeats)
@@ -127,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     warm_first_s, _ = server.generate()
     server.stop()
     flops = image_flops()
-    rate = 2 * MATMUL_N**3 * MATMULS / t["matmuls"]
+    rate = matmul_flops / t["matmuls"]
     steady = t["studio_api"]
     report = {
         "engine": args.engine, "threads": torch.get_num_threads(),

@@ -190,7 +190,7 @@ def apply_image_limit(max_pixels: int) -> None:
 # while a job runs), on the server's event loop. On 2 cores that loop took 0.11 CPU-seconds per image of the suite, and
 # each wake-up preempted one of the engine's two threads in the middle of a kernel: a job's ONNX Runtime time was
 # 1.2-1.5x that of the same job outside the server. Polled every 20 ms (progress every 100 ms; the studio reports
-# progress itself, without gr.Progress) one image through the API took 0.54 s instead of 0.62 s (12 calls each, taken
+# progress itself, without gr.Progress) one image through the API took 0.54 s instead of 0.62 s (14 calls each, taken
 # in turns in one server); the next job starts at most 20 ms later.
 QUEUE_POLL_S, PROGRESS_POLL_S = 0.02, 0.1
 

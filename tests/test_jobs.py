@@ -1,6 +1,8 @@
 """Request checks (bad input gives a clear message) and settings that survive the trip through a saved PNG."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,7 @@ def test_gallery_keeps_the_latest_images_newest_first(manager, config):
     assert [caption for _, caption in gallery[:2]] == ["seed 5", "seed 6"]
     assert all(str(config.outputs_dir) in path for path, _ in gallery[:2])
     assert gallery[2:] == past[:GALLERY_KEEP - 2]  # the oldest earlier entry dropped
+    # The next run starts from the history this one returned: still capped, this run's images next after its own.
+    again = list(job_updates(txt2img(manager, dataclasses.replace(req, seed=9)), last[out.history], out))[-1]
+    assert len(again[out.gallery]) == GALLERY_KEEP and again[out.history] == again[out.gallery]
+    assert [caption for _, caption in again[out.gallery][:4]] == ["seed 9", "seed 10", "seed 5", "seed 6"]
