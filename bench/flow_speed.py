@@ -9,6 +9,9 @@ Each case also splits an image's time into a per-step cost s and a fixed cost F 
 timings): the bar, (F + 8 s) / (F + 25 s) <= 1/3, holds only while F <= s / 2. The decoder's call, timed in turns
 with the images, is the part of F that a faster decoder could take away; the rest (the job's set-up, the first UNet
 calls of an image being slower than the later ones, the result) is reported as `fixed_without_decoder_ms`.
+
+Every call runs on a thread of its own, as the page's and the CLI's jobs do (`studio.compute`): the script's own
+thread never holds an OpenMP team, so the engines' builder times eager PyTorch as it runs in the page.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import torch
 
 from bench.common import interleaved
+from studio.compute import on_own_thread
 from studio.config import StudioConfig
 from studio.jobs import Txt2ImgRequest, txt2img
 from studio.manager import ModelManager
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     flow = {"model": "shapes-v1-flow", "sampler": "Flow Match Euler", "steps": args.flow_steps}
 
     def image(settings: dict, prompt: str | None = None):
-        return lambda: list(txt2img(manager, Txt2ImgRequest(prompt=prompt or next(fresh), **settings, **common)))
+        return lambda: list(on_own_thread(txt2img(manager, Txt2ImgRequest(prompt=prompt or next(fresh), **settings,
+                                                                           **common))))
 
     same = "three small pink stars"
     for settings in (diffusion, flow):  # engines (if any) built before timing
@@ -51,10 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
     side = 64 // flow_model.vae_scale_factor  # the 64x64 image's latents
     latents = torch.randn(1, flow_model.pipe.vae.config.latent_channels, side, side,
                           generator=torch.Generator().manual_seed(0))
+    decode = lambda: list(on_own_thread(flow_model.decode(z) for z in [latents]))
     report: dict = {"engine": args.engine}
     for case, prompt in (("same_prompt", same), ("new_prompt_each_call", None)):
         t = interleaved({"diffusion_25": image(diffusion, prompt), f"flow_{args.flow_steps}": image(flow, prompt),
-                         "decoder": lambda: flow_model.decode(latents)}, repeats=args.repeats)
+                         "decoder": decode}, repeats=args.repeats)
         flow_s, diffusion_s = t[f"flow_{args.flow_steps}"], t["diffusion_25"]
         step = (diffusion_s - flow_s) / (25 - args.flow_steps)
         fixed = flow_s - args.flow_steps * step
