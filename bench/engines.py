@@ -19,19 +19,6 @@ from bench.common import interleaved, suite_pipeline
 from studio import engines
 
 
-class TextCall(torch.nn.Module):
-    """Token ids -> the text encoder's last hidden state (what the UNet reads)."""
-
-    input_names = ["input_ids"]
-
-    def __init__(self, text_encoder):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids):
-        return self.text_encoder(input_ids, return_dict=False)[0]
-
-
 def parts(pipe, batch: int) -> dict[str, tuple[torch.nn.Module, tuple]]:
     unet, vae = pipe.unet, pipe.vae
     side = unet.config.sample_size
@@ -40,7 +27,7 @@ def parts(pipe, batch: int) -> dict[str, tuple[torch.nn.Module, tuple]]:
         "unet": (engines.UNetCall(unet), (torch.randn(batch, 4, side, side), torch.full((batch,), 500.0),
                                           torch.randn(batch, seq, unet.config.cross_attention_dim))),
         "decoder": (engines.DecoderCall(vae), (torch.randn(batch, 4, side, side),)),
-        "text_encoder": (TextCall(pipe.text_encoder), (torch.randint(0, pipe.tokenizer.vocab_size, (batch, seq)),)),
+        "text_encoder": (engines.TextCall(pipe.text_encoder), (torch.randint(0, pipe.tokenizer.vocab_size, (batch, seq)),)),
     }
 
 

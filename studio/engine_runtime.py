@@ -79,6 +79,21 @@ class DecoderCall(torch.nn.Module):
         return self.vae.decode(latents / self.scale + self.shift, return_dict=False)[0]
 
 
+class TextCall(torch.nn.Module):
+    """Token ids (padded to the tokenizer's length) -> the text encoder's last hidden state: what diffusers'
+    encode_prompt takes from a CLIP text encoder for SD 1.x/2.x and the suite (no attention mask, no clip skip)."""
+
+    input_names = ["input_ids"]
+    integer_inputs = True  # token ids: a cached engine is checked on zeros, not on random floats
+
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
 # ONNX Runtime's sessions (a UNet and a decoder per model and image size) share one process-wide thread pool, sized
 # by the first session (`threads`). With a pool per session (ORT's default), the pool that just ran spins on the CPU
 # while the next session, or PyTorch between steps, wants it: measured here on 2 cores, the suite and the flow suite

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
 import os
 import queue
@@ -26,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from studio.engine_runtime import (DecoderCall, UNetCall, compile_runner, content_hash, export_onnx, onnx_runner,
-                                   openvino_runner, runtime_versions, timings)
+from studio.engine_runtime import (DecoderCall, TextCall, UNetCall, compile_runner, content_hash, export_onnx,
+                                   onnx_runner, openvino_runner, runtime_versions, timings)
 
-__all__ = ["ENGINES", "Choice", "DecoderCall", "ModelEngines", "UNetCall", "check_engine", "compile_runner",
+__all__ = ["ENGINES", "Choice", "DecoderCall", "ModelEngines", "TextCall", "UNetCall", "check_engine", "compile_runner",
            "content_hash", "export_onnx", "installed", "onnx_runner", "openvino_runner", "runtime_versions"]
 
 ENGINES = ("auto", "eager", "compile", "onnx", "openvino")
@@ -89,14 +90,17 @@ class ModelEngines:
         self._idle = idle
         self.choice = check_engine(choice)
         self.device = device
-        self.parts = parts  # "unet": UNetCall, "decoder": DecoderCall (live modules: the eager path)
+        self.parts = parts  # "unet": UNetCall, "decoder": DecoderCall, "text_encoder": TextCall (live modules: eager)
         self.threads = threads or torch.get_num_threads()
         self._weights = weights
         self._cache_dir = Path(cache_dir)
         self._ready: dict[tuple, Choice] = {}
         self._pending: set[tuple] = set()
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
+        # UNets first: the other parts follow the runtime of the UNet built before them (_same_runtime_as_unet), and
+        # a job asks for its text encoder before its UNet.
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._queued = itertools.count()
         self._worker: threading.Thread | None = None
         if self.choice == "compile":  # inductor's caches (FX graphs, kernels) beside the exports: a restart reuses them
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self._cache_dir / "inductor"))
@@ -128,7 +132,10 @@ class ModelEngines:
         if key not in self._ready:
             self._request(key, inputs)  # loads a cached engine at once; else queues a build and runs eagerly
         ready = self._ready.get(key)
-        return ready.run(*inputs).to(inputs[0].dtype) if ready is not None and ready.run is not None else None
+        if ready is None or ready.run is None:
+            return None
+        out = ready.run(*inputs)
+        return out.to(inputs[0].dtype) if inputs[0].is_floating_point() else out
 
     def pending(self) -> bool:
         return bool(self._pending)
@@ -195,7 +202,8 @@ class ModelEngines:
                     shutil.rmtree(self.cache() / self._stem(key), ignore_errors=True)
                     self._record_path(key).unlink(missing_ok=True)
             self._pending.add(key)
-            self._queue.put((key, module, tuple(t.detach().clone() for t in inputs)))
+            work = (key, module, tuple(t.detach().clone() for t in inputs))
+            self._queue.put((key[0] != "unet", next(self._queued), work))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="engine-builder", daemon=True)
                 self._worker.start()
@@ -212,7 +220,8 @@ class ModelEngines:
             except (OSError, ValueError, KeyError):
                 continue
             if key[0] in self.parts and self._record_path(key) == path:
-                inputs = tuple(torch.randn(s) for s in key[1])
+                integer = getattr(self.parts[key[0]], "integer_inputs", False)
+                inputs = tuple(torch.zeros(s, dtype=torch.long) if integer else torch.randn(s) for s in key[1])
                 with torch.no_grad():
                     self._request(key, inputs)
 
@@ -225,12 +234,12 @@ class ModelEngines:
 
     def _work(self) -> None:
         while True:
+            self._wait_idle()  # before taking the next part: by then the job has asked for all of its parts
             with self._lock:  # exits only with nothing queued, so a request never waits on a worker that left
                 if self._queue.empty():
                     self._worker = None
                     return
-                key, module, inputs = self._queue.get()
-            self._wait_idle()
+                key, module, inputs = self._queue.get()[2]
             try:
                 choice = self.build(key, module, inputs)
             except Exception as e:  # noqa: BLE001 - a failed build leaves the part eager, with the reason shown

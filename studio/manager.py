@@ -169,16 +169,18 @@ class ModelManager:
         return tiny.to(self.config.device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
     def _engines_for(self, model: LoadedModel) -> engines.ModelEngines | None:
-        """Engines for a UNet model's UNet and VAE decoder (SD3-class transformers run eagerly)."""
+        """Engines for a UNet model's UNet, VAE decoder and CLIP text encoder (SD3-class models run eagerly)."""
         if denoiser_name(model.pipe) != "unet":
             return None
-        location = Path(model.source.location)
-        if location.is_file():
+        parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
+        if not model.is_xl and getattr(model.pipe, "text_encoder", None) is not None:
+            parts["text_encoder"] = engines.TextCall(model.pipe.text_encoder)  # (XL encodes through its pipeline)
+        if (location := Path(model.source.location)).is_file():
             files = [location]
         else:  # weights and configs (a changed scaling factor is a changed decoder); none: the tensors are hashed
-            weights = sorted(location.glob("unet/*.safetensors")) + sorted(location.glob("vae/*.safetensors"))
-            files = weights + [location / d / "config.json" for d in ("unet", "vae")] if weights else []
-        parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
+            dirs = ["unet", "vae", "text_encoder"][:len(parts)]  # the parts' folders
+            weights = [w for d in dirs for w in sorted(location.glob(f"{d}/*.safetensors"))]
+            files = weights + [location / d / "config.json" for d in dirs] if weights else []
         return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device,
                                     idle=lambda: not self.busy())
 

@@ -87,6 +87,34 @@ def test_a_restart_with_a_warm_cache_uses_the_engine_from_the_first_call(config,
     studio.warm_up().join()
     model = studio.manager.get(studio.default_model())
     assert model.engines.built("unet").engine == "onnx" and model.engines.built("decoder").engine == "onnx"
+    assert model.engines.built("text_encoder").engine == "onnx"  # recorded for token ids: checked on integers
+    assert "cached" in model.engines.built("text_encoder").notes  # loaded, not built again
+
+
+def test_prompts_are_encoded_on_the_engine_as_diffusers_encodes_them(config, tiny_model_dir, tmp_path):
+    manager = ModelManager(engine_config(config, tmp_path))
+    run(manager, tiny_model_dir)  # queues the text encoder's build with the UNet's and the decoder's
+    model = manager.get(str(tiny_model_dir))
+    model.engines.wait()
+    assert model.engines.built("text_encoder").engine == "onnx"
+    calls = Calls(model.pipe.text_encoder)
+    long = " ".join(["a small blue square beside a red circle"] * 12)  # over 77 tokens: truncated as diffusers does
+    texts = (("a blue square", ""), (long, "blurry"))
+    fast = [encode_prompt(model, prompt, negative, 2, True, (64, 64)) for prompt, negative in texts]
+    assert calls.n == 0  # every text went through the engine
+    for (prompt, negative), cond in zip(texts, fast):
+        with torch.no_grad():
+            pe, npe = model.pipe.encode_prompt(prompt, "cpu", 2, True, negative_prompt=negative)
+        assert cond.embeds.shape == pe.shape and (cond.embeds - pe).abs().max() < 1e-4
+        assert (cond.negative - npe).abs().max() < 1e-4
+    calls.n = 0
+    plain = model.pipe.tokenizer
+    model.pipe.tokenizer = plain.__class__.from_pretrained(model.source.location, subfolder="tokenizer")  # as embeddings do
+    try:
+        encode_prompt(model, "a green star", "", 1, True, (64, 64))
+    finally:
+        model.pipe.tokenizer = plain
+    assert calls.n == 2  # with an embedding's tokenizer the text encoder runs eagerly (its new tokens are not exported)
 
 
 def test_a_broken_cache_entry_is_rebuilt_not_given_up(config, tiny_model_dir, tmp_path):
@@ -178,7 +206,9 @@ def test_auto_runs_a_models_parts_on_the_runtime_of_its_unet(config, tiny_model_
     decoder on ONNX Runtime."""
     if not (engines.installed("onnx") and engines.installed("openvino")):
         pytest.skip("needs ONNX Runtime and OpenVINO")
-    alone = iter([{"onnx": 0.005, "openvino": 0.004}, {"onnx": 0.003, "openvino": 0.005}])  # UNet, then decoder
+    # The UNet is built first (its job asked for the text encoder first), then the decoder, then the text encoder.
+    alone = iter([{"onnx": 0.005, "openvino": 0.004}, {"onnx": 0.003, "openvino": 0.005},
+                  {"onnx": 0.003, "openvino": 0.005}])
 
     def set_timings(fns, **_):
         for fn in fns.values():
@@ -196,3 +226,4 @@ def test_auto_runs_a_models_parts_on_the_runtime_of_its_unet(config, tiny_model_
     record = json.loads(next((tmp_path / "cache").rglob(f"decoder-*.auto.*.{engines.RECORD_VERSION}.json")).read_text())
     assert record["chosen"] == "openvino" and record["onnx"]["speedup"] > record["openvino"]["speedup"]
     assert any("like the UNet" in note for note in record["notes"])
+    assert model.engines.built("text_encoder").engine == "openvino"

@@ -87,7 +87,23 @@ def _encode_prompt(model: LoadedModel, prompt: str, negative: str, batch: int, d
 
 
 def _encode_text(model: LoadedModel, text: str, batch: int) -> torch.Tensor:
-    return _cached(model, ("text", text, batch), lambda: model.pipe.encode_prompt(text, model.device, batch, False)[0])
+    return _cached(model, ("text", text, batch), lambda: _text_embeds(model, text, batch))
+
+
+def _text_embeds(model: LoadedModel, text: str, batch: int) -> torch.Tensor:
+    """diffusers' encode_prompt for one text, with the text encoder's call on its engine once one is built: the
+    same ids (padded to the tokenizer's length, truncated; no attention mask), the last hidden state, repeated."""
+    pipe = model.pipe
+    if (model.engines is not None and model.engines.active and "text_encoder" in model.engines.parts
+            and model.text_encoders_plain() and not getattr(pipe.text_encoder.config, "use_attention_mask", False)):
+        text = pipe.maybe_convert_prompt(text, pipe.tokenizer) if hasattr(pipe, "maybe_convert_prompt") else text
+        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids
+        with torch.no_grad():
+            fast = model.engines.call("text_encoder", ids)
+        if fast is not None:
+            return fast.to(pipe.text_encoder.dtype).repeat(batch, 1, 1)
+    return pipe.encode_prompt(text, model.device, batch, False)[0]
 
 
 def model_fn(model: LoadedModel) -> ModelFn:
