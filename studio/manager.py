@@ -99,6 +99,7 @@ class ModelManager:
         # Held for a whole job. A plain Lock, not an RLock: Gradio may resume a generator on another thread.
         self._accelerator = threading.Lock()
         self._stop = threading.Event()
+        self.jobs_started = 0  # the engines' builder retakes a timing that a job ran beside
         self._owner: str | None = None  # who started the running job (a page session); None: the CLI or a test
         self.speeds: dict[tuple, float] = {}  # seconds per model call, by (model, size, rows): cost estimates
         self._controlnets: OrderedDict[str, object] = OrderedDict()
@@ -175,14 +176,12 @@ class ModelManager:
         parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
         if not model.is_xl and getattr(model.pipe, "text_encoder", None) is not None:
             parts["text_encoder"] = engines.TextCall(model.pipe.text_encoder)  # (XL encodes through its pipeline)
-        if (location := Path(model.source.location)).is_file():
-            files = [location]
-        else:  # weights and configs (a changed scaling factor is a changed decoder); none: the tensors are hashed
-            dirs = ["unet", "vae", "text_encoder"][:len(parts)]  # the parts' folders
-            weights = [w for d in dirs for w in sorted(location.glob(f"{d}/*.safetensors"))]
-            files = weights + [location / d / "config.json" for d in dirs] if weights else []
+        # Weights and configs (a changed scaling factor is a changed decoder); none found: the tensors are hashed.
+        location, dirs = Path(model.source.location), ["unet", "vae", "text_encoder"][:len(parts)]
+        weights = [w for d in dirs for w in sorted(location.glob(f"{d}/*.safetensors"))]
+        files = [location] if location.is_file() else weights + [location / d / "config.json" for d in dirs] if weights else []
         return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device,
-                                    idle=lambda: not self.busy())
+                                    idle=lambda: not self.busy(), jobs=lambda: self.jobs_started)
 
     def _load(self, source: sources.ModelSource) -> DiffusionPipeline:
         kwargs = {"dtype": self.config.dtype}
@@ -345,6 +344,7 @@ class ModelManager:
         with self._accelerator:
             # Cleared on entry only: a Stop pressed while a job finishes (or between a sweep's cells) still counts.
             self._stop.clear()
+            self.jobs_started += 1
             try:
                 yield
             finally:
