@@ -6,7 +6,8 @@ Two cases: the same prompt each time (its encoding is reused from the prompt cac
 samplers) and a new prompt each time (encoded every call). With an engine, both suites run on it, built first.
 
 Each case also splits an image's time into a per-step cost s and a fixed cost F (t = F + steps * s, from the two
-timings): the bar, (F + 8 s) / (F + 25 s) <= 1/3, holds only while F <= s / 2. The decoder's call, timed in turns
+timings; the two suites' UNets have one architecture and both run CFG 5, so a step costs the same): the bar,
+(F + 8 s) / (F + 25 s) <= 1/3, holds only while F <= s / 2. The decoder's call, timed in turns
 with the images, is the part of F that a faster decoder could take away; the rest (the job's set-up, the first UNet
 calls of an image being slower than the later ones, the result) is reported as `fixed_without_decoder_ms`.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from studio import engines, sources
 from studio.config import StudioConfig
@@ -174,12 +175,13 @@ class ModelManager:
         if denoiser_name(model.pipe) != "unet":
             return None
         parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
-        if not model.is_xl and getattr(model.pipe, "text_encoder", None) is not None:
+        if not model.is_xl and isinstance(getattr(model.pipe, "text_encoder", None), CLIPTextModel):
             parts["text_encoder"] = engines.TextCall(model.pipe.text_encoder)  # (XL encodes through its pipeline)
-        # Weights and configs (a changed scaling factor is a changed decoder); none found: the tensors are hashed.
+        # Weights and configs (a changed scaling factor is a changed decoder); a part without safetensors: tensors hashed.
         location, dirs = Path(model.source.location), ["unet", "vae", "text_encoder"][:len(parts)]
-        weights = [w for d in dirs for w in sorted(location.glob(f"{d}/*.safetensors"))]
-        files = [location] if location.is_file() else weights + [location / d / "config.json" for d in dirs] if weights else []
+        weights = [sorted(location.glob(f"{d}/*.safetensors")) for d in dirs]
+        files = [location] if location.is_file() else [] if not all(weights) else sum(weights, []) + [
+            location / d / "config.json" for d in dirs]
         return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device,
                                     idle=lambda: not self.busy(), jobs=lambda: self.jobs_started)
 
@@ -327,8 +329,6 @@ class ModelManager:
         if self.config.clip_model is None:
             return None
         if not hasattr(self, "_clip"):
-            from transformers import CLIPModel, CLIPTokenizer
-
             folder = Path(self.config.clip_model)
             try:
                 model = CLIPModel.from_pretrained(folder, local_files_only=True).to(self.config.device).eval().requires_grad_(False)

@@ -96,8 +96,9 @@ def _text_embeds(model: LoadedModel, text: str, batch: int) -> torch.Tensor:
     pipe = model.pipe
     if (model.engines is not None and model.engines.active and "text_encoder" in model.engines.parts
             and model.text_encoders_plain() and not getattr(pipe.text_encoder.config, "use_attention_mask", False)):
-        text = pipe.maybe_convert_prompt(text, pipe.tokenizer) if hasattr(pipe, "maybe_convert_prompt") else text
-        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+        # As encode_prompt converts it (for a textual inversion's tokens); the text itself is left for its fallback.
+        converted = pipe.maybe_convert_prompt(text, pipe.tokenizer) if hasattr(pipe, "maybe_convert_prompt") else text
+        ids = pipe.tokenizer(converted, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
                              return_tensors="pt").input_ids
         with torch.no_grad():
             fast = model.engines.call("text_encoder", ids)
