@@ -99,7 +99,7 @@ def test_prompts_are_encoded_on_the_engine_as_diffusers_encodes_them(config, tin
     model.engines.wait()
     assert model.engines.built("text_encoder").engine == "onnx"
     calls = Calls(model.pipe.text_encoder)
-    long = " ".join(["a small blue square beside a red circle"] * 12)  # over 77 tokens: truncated as diffusers does
+    long = " ".join(["a small blue square beside a red circle"] * 12)  # longer than the tokenizer takes: truncated
     texts = (("a blue square", ""), (long, "blurry"))
     fast = [encode_prompt(model, prompt, negative, 2, True, (64, 64)) for prompt, negative in texts]
     assert calls.n == 0  # every text went through the engine
