@@ -55,6 +55,7 @@ class UNetCall(torch.nn.Module):
     """(sample, timestep per row, encoder_hidden_states) -> the UNet's output: the loop's plain call."""
 
     input_names = ["sample", "timestep", "encoder_hidden_states"]
+    folder = "unet"  # where a diffusers folder keeps its weights and config (they key the engines' cache)
 
     def __init__(self, unet):
         super().__init__()
@@ -68,6 +69,7 @@ class DecoderCall(torch.nn.Module):
     """UNet-space latents -> image in [-1, 1]: as previews.vae_decode (scaling and shift inside)."""
 
     input_names = ["latents"]
+    folder = "vae"
 
     def __init__(self, vae):
         super().__init__()
@@ -84,6 +86,7 @@ class TextCall(torch.nn.Module):
     encode_prompt takes from a CLIP text encoder for SD 1.x/2.x and the suite (no attention mask, no clip skip)."""
 
     input_names = ["input_ids"]
+    folder = "text_encoder"
     integer_inputs = True  # token ids: a cached engine is checked on zeros, not on random floats
 
     def __init__(self, text_encoder):

@@ -31,7 +31,8 @@ from studio.engine_runtime import (DecoderCall, TextCall, UNetCall, compile_runn
                                    onnx_runner, openvino_runner, runtime_versions, timings)
 
 __all__ = ["ENGINES", "Choice", "DecoderCall", "ModelEngines", "TextCall", "UNetCall", "check_engine", "compile_runner",
-           "content_hash", "export_onnx", "installed", "onnx_runner", "openvino_runner", "runtime_versions"]
+           "content_hash", "export_onnx", "installed", "onnx_runner", "openvino_runner", "runtime_versions",
+           "weight_files"]
 
 ENGINES = ("auto", "eager", "compile", "onnx", "openvino")
 LABELS = {"eager": "PyTorch eager", "compile": "torch.compile", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -41,14 +42,27 @@ TOLERANCE = 1e-3  # max abs difference from eager on the same input (fp32 engine
 # In a record's file name: records of an older measurement are timed again (their exports are reused). "v2": eager
 # timed with no job thread's OpenMP team alive (studio.compute); v1 records (no suffix) show speed-ups 1.5-2.7x too high.
 # "v3": each engine timed after a pause (engine_runtime.PAUSE_S); v2 timed OpenVINO inside ONNX Runtime's spinning.
-# "v4": a model's parts on one runtime (ModelEngines._same_runtime_as_unet).
-RECORD_VERSION = "v4"
+# "v4": a model's parts on one runtime (ModelEngines._same_runtime_as_unet). "v5": a timing that a job ran beside is
+# taken again (ModelEngines._quiet_timings); a v4 record may hold one such timing ("1.0x eager" seen).
+RECORD_VERSION = "v5"
 
 
 def check_engine(name: str) -> str:
     if name not in ENGINES:
         raise ValueError(f"Unknown engine {name!r}. Known: {', '.join(ENGINES)}.")
     return name
+
+
+def weight_files(location: Path, parts: dict[str, torch.nn.Module]) -> list[Path]:
+    """The files a model's parts come from, to key their engines' cache: a single-file checkpoint itself; in a folder,
+    each part's safetensors and config (a changed scaling factor is a changed decoder). Empty, so that the tensors are
+    hashed instead, when a part has no safetensors."""
+    if location.is_file():
+        return [location]
+    weights = [sorted(location.glob(f"{part.folder}/*.safetensors")) for part in parts.values()]
+    if not all(weights):
+        return []
+    return [w for found in weights for w in found] + [location / part.folder / "config.json" for part in parts.values()]
 
 
 def installed(name: str) -> bool:
@@ -340,7 +354,8 @@ class ModelEngines:
         return seconds
 
     def _unet_for(self, shapes: tuple) -> Choice | None:
-        """The UNet engine built for the same latent size as a part's first input (the newest), else any UNet's."""
+        """The UNet engine built for the same latent size as a part's first input (the decoder's latents), else the
+        newest UNet's (the text encoder's token ids have no latent size)."""
         unets = [(s, c) for (p, s), c in self._snapshot() if p == "unet"]
         same = [c for s, c in unets if tuple(s[0][2:]) == tuple(shapes[0][2:])]
         return (same or [c for _, c in unets] or [None])[-1]

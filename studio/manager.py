@@ -177,11 +177,7 @@ class ModelManager:
         parts = {"unet": engines.UNetCall(model.pipe.unet), "decoder": engines.DecoderCall(model.pipe.vae)}
         if not model.is_xl and isinstance(getattr(model.pipe, "text_encoder", None), CLIPTextModel):
             parts["text_encoder"] = engines.TextCall(model.pipe.text_encoder)  # (XL encodes through its pipeline)
-        # Weights and configs (a changed scaling factor is a changed decoder); a part without safetensors: tensors hashed.
-        location, dirs = Path(model.source.location), ["unet", "vae", "text_encoder"][:len(parts)]
-        weights = [sorted(location.glob(f"{d}/*.safetensors")) for d in dirs]
-        files = [location] if location.is_file() else [] if not all(weights) else sum(weights, []) + [
-            location / d / "config.json" for d in dirs]
+        files = engines.weight_files(Path(model.source.location), parts)
         return engines.ModelEngines(self.config.engine, self.config.cache_dir, files, parts, self.config.device,
                                     idle=lambda: not self.busy(), jobs=lambda: self.jobs_started)
 

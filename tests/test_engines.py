@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import time
+import types
 
 import numpy as np
 import pytest
@@ -167,13 +168,9 @@ def test_a_timing_that_a_job_ran_beside_is_taken_again(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engines, "timings", set_timings)
     monkeypatch.setattr(engines, "IDLE_SECONDS", 0.01)
-    idle_checks = iter([True] * 50)  # the quiet waits see no job; the check right after the second timing does
-
-    def idle():
-        if running[0]:
-            running[0] = False
-            return False
-        return next(idle_checks)
+    def idle():  # no job, but right after the timing that left one running
+        was_running, running[0] = running[0], False
+        return not was_running
 
     module = torch.nn.Linear(4, 4).eval()
     module.input_names = ["x"]  # as the parts name their inputs for the export
@@ -184,6 +181,25 @@ def test_a_timing_that_a_job_ran_beside_is_taken_again(tmp_path, monkeypatch):
     tries = iter([{"onnx": 1.0}, {"onnx": 2.0}, {"onnx": 3.0}, {"onnx": 4.0}])
     monkeypatch.setattr(engines, "timings", lambda fns, **_: next(tries))
     assert busy._quiet_timings({"onnx": lambda: None}) == {"onnx": 3.0}  # three tries, then the last is kept
+
+
+def test_the_engines_cache_is_keyed_by_each_parts_files(tmp_path):
+    vae = types.SimpleNamespace(config=types.SimpleNamespace(scaling_factor=0.18215, shift_factor=None))
+    parts = {"unet": engines.UNetCall(torch.nn.Identity()), "decoder": engines.DecoderCall(vae),
+             "text_encoder": engines.TextCall(torch.nn.Identity())}
+    for folder in ("unet", "vae", "text_encoder"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+        (tmp_path / folder / "model.safetensors" if folder != "text_encoder" else tmp_path / folder / "model.bin").touch()
+    assert engines.weight_files(tmp_path, parts) == []  # a part without safetensors: its tensors are hashed instead
+    (tmp_path / "text_encoder" / "model.safetensors").touch()
+    files = engines.weight_files(tmp_path, parts)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "unet/model.safetensors", "vae/model.safetensors", "text_encoder/model.safetensors",
+        "unet/config.json", "vae/config.json", "text_encoder/config.json"]
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.touch()
+    assert engines.weight_files(checkpoint, parts) == [checkpoint]
 
 
 def test_unknown_engines_are_refused_with_the_known_ones(config, tmp_path):
